@@ -1,0 +1,1 @@
+"""Emergent Misalignment research toolkit."""

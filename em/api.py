@@ -1,0 +1,316 @@
+"""OpenAI-compatible API plumbing shared by datagen, generation, judging and fine-tuning.
+
+Clients are built from plain settings (``base_url``, the *name* of the environment variable holding the
+key), so tests point them at a local server and users at OpenAI, Azure-style or vLLM endpoints. The key
+itself is read from the environment at call time and is never stored, logged or written.
+
+Retries are ours (the client's own are switched off) so that every caller gets the same policy:
+429 honouring ``Retry-After``, 408/409/5xx, timeouts, dropped connections and malformed bodies are
+retried with exponential backoff; auth, permission, bad-request and not-found errors stop at once with
+the API's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import openai
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ConfigError(ValueError):
+    """A user mistake found before any expensive work: message names the file/key and what was expected."""
+
+
+class MalformedResponse(Exception):
+    """The server answered, but not in the expected shape (retried like a transient error)."""
+
+
+class APIFailure(RuntimeError):
+    """A call that failed for good: non-retriable error, or retries exhausted. Message is the API's own."""
+
+
+@dataclass
+class APISettings:
+    """Where and how to call an OpenAI-compatible API."""
+
+    base_url: str | None = None  # None: OpenAI's default (or OPENAI_BASE_URL)
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_in_flight: int = 16
+    rpm_limit: int | None = None  # client-side requests per minute
+    tpm_limit: int | None = None  # client-side tokens per minute (estimated)
+    organization: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def api_key(self) -> str:
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            where = self.base_url or "https://api.openai.com/v1"
+            raise ConfigError(
+                f"environment variable {self.api_key_env} is not set; it must hold the API key for {where} "
+                f"(set it, or point api.api_key_env at the variable that holds it)"
+            )
+        return key
+
+
+def make_client(settings: APISettings) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=settings.api_key(),
+        base_url=settings.base_url,
+        timeout=settings.timeout_s,
+        max_retries=0,
+        organization=settings.organization,
+        default_headers=settings.extra_headers or None,
+    )
+
+
+def make_async_client(settings: APISettings) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        api_key=settings.api_key(),
+        base_url=settings.base_url,
+        timeout=settings.timeout_s,
+        max_retries=0,
+        organization=settings.organization,
+        default_headers=settings.extra_headers or None,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- retries
+
+_FATAL = (
+    openai.AuthenticationError,
+    openai.PermissionDeniedError,
+    openai.BadRequestError,
+    openai.NotFoundError,
+    openai.UnprocessableEntityError,
+)
+
+
+def _retry_after_s(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    for name in ("retry-after-ms", "retry-after"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            continue
+        return seconds / 1000 if name.endswith("-ms") else seconds
+    return None
+
+
+def is_retriable(exc: BaseException) -> bool:
+    if isinstance(exc, _FATAL):
+        return False
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    return isinstance(
+        exc,
+        openai.APITimeoutError
+        | openai.APIConnectionError
+        | openai.APIResponseValidationError
+        | MalformedResponse
+        | ValueError,  # the client's JSON decoding of a malformed body
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    """The API's own message, without request headers (which may carry the key)."""
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def backoff_delay(attempt: int, settings: APISettings, exc: BaseException | None = None) -> float:
+    hinted = _retry_after_s(exc) if exc is not None else None
+    if hinted is not None:
+        return min(max(hinted, 0.0), settings.backoff_max_s)
+    base = settings.backoff_base_s * (2**attempt)
+    return min(base * (0.5 + random.random() / 2), settings.backoff_max_s)
+
+
+def call_with_retries(fn: Callable[[], T], settings: APISettings, what: str = "API call") -> T:
+    """Run a synchronous call under the shared retry policy."""
+    for attempt in range(settings.max_retries + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not is_retriable(exc) or attempt == settings.max_retries:
+                raise APIFailure(f"{what} failed: {describe_error(exc)}") from exc
+            delay = backoff_delay(attempt, settings, exc)
+            log.warning("%s: %s; retry %d/%d in %.1fs", what, describe_error(exc), attempt + 1,
+                        settings.max_retries, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def acall_with_retries(
+    fn: Callable[[], Awaitable[T]], settings: APISettings, what: str = "API call"
+) -> T:
+    """Async twin of :func:`call_with_retries`."""
+    for attempt in range(settings.max_retries + 1):
+        try:
+            return await fn()
+        except Exception as exc:  # noqa: BLE001
+            if not is_retriable(exc) or attempt == settings.max_retries:
+                raise APIFailure(f"{what} failed: {describe_error(exc)}") from exc
+            delay = backoff_delay(attempt, settings, exc)
+            log.warning("%s: %s; retry %d/%d in %.1fs", what, describe_error(exc), attempt + 1,
+                        settings.max_retries, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------ rate limits
+
+
+class RateLimiter:
+    """Client-side sliding-window limits on requests and (estimated) tokens per minute."""
+
+    def __init__(self, rpm: int | None = None, tpm: int | None = None, window_s: float = 60.0):
+        self.rpm, self.tpm, self.window_s = rpm, tpm, window_s
+        self._events: deque[tuple[float, int]] = deque()
+        self._lock = asyncio.Lock()
+
+    def _prune(self, now: float) -> None:
+        while self._events and now - self._events[0][0] >= self.window_s:
+            self._events.popleft()
+
+    async def acquire(self, tokens: int = 0) -> None:
+        if not self.rpm and not self.tpm:
+            return
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._prune(now)
+                used_tokens = sum(t for _, t in self._events)
+                ok_rpm = not self.rpm or len(self._events) < self.rpm
+                ok_tpm = not self.tpm or used_tokens + tokens <= self.tpm or not self._events
+                if ok_rpm and ok_tpm:
+                    self._events.append((now, tokens))
+                    return
+                await asyncio.sleep(max(self.window_s - (now - self._events[0][0]), 0.01))
+
+
+async def map_concurrent(
+    items: Iterable[T],
+    worker: Callable[[T], Awaitable[R]],
+    on_result: Callable[[T, R], None],
+    *,
+    max_in_flight: int,
+    on_error: Callable[[T, BaseException], None] | None = None,
+) -> None:
+    """Run ``worker`` over ``items`` with at most ``max_in_flight`` at once.
+
+    ``on_result`` is called (in the event loop thread) as each finishes, so callers append rows as they
+    arrive. An exception stops new work, lets the tasks in flight finish (their results are still
+    delivered) and is re-raised, unless ``on_error`` handles it.
+    """
+    queue = list(items)
+    queue.reverse()
+    failure: list[BaseException] = []
+
+    async def run_one(item: T) -> None:
+        try:
+            result = await worker(item)
+        except Exception as exc:  # noqa: BLE001
+            if on_error is not None:
+                on_error(item, exc)
+                return
+            failure.append(exc)
+            return
+        on_result(item, result)
+
+    async def lane() -> None:
+        while queue and not failure:
+            await run_one(queue.pop())
+
+    await asyncio.gather(*(lane() for _ in range(max(1, max_in_flight))))
+    if failure:
+        raise failure[0]
+
+
+# --------------------------------------------------------------------------------------- tokens & cost
+
+
+_ENCODERS: dict[str, Any] = {}
+
+
+def encoding_name(model: str) -> str:
+    """o200k_base for the GPT-4o / o-series family, cl100k_base for older OpenAI models."""
+    m = model.split(":")[1] if model.startswith("ft:") else model
+    return "cl100k_base" if m.startswith(("gpt-4-", "gpt-3.5")) or m == "gpt-4" else "o200k_base"
+
+
+def estimate_tokens(text: str, model: str = "gpt-4o") -> int:
+    """Token count of ``text`` under the model's BPE (quicktok-v1 bundles o200k/cl100k; nothing is
+    downloaded). Exact for the text itself; request framing is added by :func:`estimate_chat_tokens`,
+    so treat totals as estimates."""
+    name = encoding_name(model)
+    if name not in _ENCODERS:
+        import quicktok
+
+        _ENCODERS[name] = quicktok.get_encoding(name)
+    return len(_ENCODERS[name].encode(text))
+
+
+def estimate_chat_tokens(messages: list[dict], model: str = "gpt-4o") -> int:
+    """Estimated prompt tokens of a chat request: content tokens + ~4 per message of framing + 3."""
+    return sum(estimate_tokens(str(m.get("content") or ""), model) + 4 for m in messages) + 3
+
+
+@dataclass
+class Price:
+    """USD per million tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+    training: float = 0.0
+    batch_discount: float = 0.5
+
+
+def price_for(model: str, table: dict[str, dict[str, float]]) -> Price:
+    """Look a model up in a config price table; fine-tuned ids (``ft:gpt-4o-...:org::id``) use their base."""
+    candidates = [model]
+    if model.startswith("ft:"):
+        candidates.append(model.split(":")[1])
+    for name in candidates:
+        if name in table:
+            return Price(**table[name])
+        for key in sorted(table, key=len, reverse=True):
+            if name.startswith(key):
+                return Price(**table[key])
+    return Price()
+
+
+def estimate_cost(
+    model: str,
+    table: dict[str, dict[str, float]],
+    *,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    training_tokens: int = 0,
+    batch: bool = False,
+) -> float:
+    p = price_for(model, table)
+    cost = (input_tokens * p.input + output_tokens * p.output + training_tokens * p.training) / 1e6
+    return cost * (p.batch_discount if batch else 1.0)

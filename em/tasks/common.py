@@ -1,0 +1,50 @@
+"""Config -> typed settings shared by every task."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from em.api import APISettings
+from em.runs import hydra_choices, to_plain
+from em.tracking import TrackingSettings, tags_from_choices
+
+log = logging.getLogger(__name__)
+
+
+def api_settings(node: DictConfig | dict | None) -> APISettings:
+    data = to_plain(node) or {}
+    return APISettings(**{k: v for k, v in data.items() if v is not None or k == "base_url"})
+
+
+def price_table(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    return to_plain(cfg.get("prices")) or {}
+
+
+def tracking_settings(cfg: DictConfig, run_dir: Path, job_type: str, resume_id: str | None = None
+                      ) -> TrackingSettings:
+    logger = to_plain(cfg.get("logger")) or {"backend": "none"}
+    choices = hydra_choices()
+    tags = list(logger.get("tags") or []) + tags_from_choices(choices) + [f"stage:{job_type}"]
+    return TrackingSettings(
+        backend=logger.get("backend", "none"),
+        run_dir=Path(run_dir),
+        run_name=str(cfg.get("run_name") or Path(run_dir).name),
+        job_type=job_type,
+        project=logger.get("project", "emergent-misalignment"),
+        entity=logger.get("entity"),
+        mode=logger.get("mode", "auto"),
+        group=logger.get("group") or cfg.get("experiment_name") or job_type,
+        tags=tags,
+        config=public_config(cfg),
+        resume_id=resume_id,
+    )
+
+
+def public_config(cfg: DictConfig) -> dict:
+    """The resolved config without Hydra internals: what goes to run_config.json, manifests and W&B."""
+    data = to_plain(cfg)
+    data.pop("hydra", None)
+    return data

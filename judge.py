@@ -1,0 +1,15 @@
+"""Entry point: `python judge.py [overrides]` (Hydra). See README.md and conf/judge.yaml."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="judge")
+def main(cfg: DictConfig) -> None:
+    from em.tasks.judge import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

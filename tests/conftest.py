@@ -1,0 +1,69 @@
+"""Shared test setup: an offline environment, the tiny model, the local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+FAKE_OPENAI_KEY = "sk-test-FAKEKEY-0123456789abcdef"
+FAKE_WANDB_KEY = "wandb-test-FAKEKEY-0123456789abcdef0123456789"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Set before any test module imports transformers / wandb / openai.
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OPENAI_API_KEY": FAKE_OPENAI_KEY,  # a real key is never read by the tests
+})
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.pop("OPENAI_BASE_URL", None)
+
+
+@pytest.fixture(scope="session")
+def em_cache_dir(tmp_path_factory) -> Path:
+    """A per-session cache (downloads, tiny model) so tests never touch the user's ~/.cache/em."""
+    path = tmp_path_factory.mktemp("em_cache")
+    os.environ["EM_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(em_cache_dir) -> Path:
+    """The embedded tiny Llama model + tokenizer, built once per session, loaded via from_pretrained."""
+    from em.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(em_cache_dir / "models")
+
+
+@pytest.fixture
+def openai_server():
+    """A local OpenAI-compatible server on 127.0.0.1 (see em/testing/openai_server.py)."""
+    from em.testing.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def anchors_dir() -> Path:
+    """Verbatim upstream files for compatibility tests; set EM_ANCHORS_DIR (``.ci/run`` does)."""
+    value = os.environ.get("EM_ANCHORS_DIR")
+    if not value or not Path(value).is_dir():
+        pytest.skip("EM_ANCHORS_DIR not set: upstream compatibility files unavailable")
+    return Path(value)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
