@@ -121,6 +121,8 @@ def _retry_after_s(exc: BaseException) -> float | None:
 def is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, _FATAL):
         return False
+    if getattr(exc, "code", None) == "insufficient_quota":  # a 429 that waiting will not fix
+        return False
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 409, 429) or exc.status_code >= 500
     return isinstance(

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
 # Keys that may change between a run and its resumption without making it a different run.
-VOLATILE_KEYS = {"resume", "dry_run", "paths", "hydra", "logger", "api", "debug", "sweep_name", "force"}
+VOLATILE_KEYS = {"resume", "dry_run", "paths", "hydra", "logger", "api", "debug", "sweep_name", "force", "retry_failed"}
 
 
 def hydra_run_dir() -> Path:
