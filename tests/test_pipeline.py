@@ -1,0 +1,91 @@
+"""Experiments: every conf/experiment file composes, and every step of its chain composes as a command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from em.api import ConfigError
+from em.pipeline import STEPS, plan_from_dict, run_plan, step_command
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def _compose(primary: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(primary, overrides=overrides, return_hydra_config=True)
+
+
+def _plan(experiment: str, out_dir: Path):
+    cfg = _compose("pipeline", [f"experiment={experiment}"])
+    node = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    return plan_from_dict(cfg.experiment_name, out_dir, node)
+
+
+def test_study_experiments_exist():
+    assert "demo_loop" in EXPERIMENTS
+    assert len(EXPERIMENTS) >= 10
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_steps_compose(experiment, tmp_path):
+    """Dry run: every step of every stage composes with its primary config (model, data, judge, ...)."""
+    plan = _plan(experiment, tmp_path)
+    assert plan.stages
+    for stage in plan.stages:
+        for step in STEPS:
+            cmd = step_command(plan, stage, step)
+            if cmd is None:
+                continue
+            overrides = [a for a in cmd[2:] if not a.startswith("hydra.")]
+            cfg = _compose(step, overrides)
+            assert cfg.experiment_name == plan.name
+            if step == "train" and stage.train:
+                for arg in stage.train:
+                    if arg.startswith("init_from=@"):
+                        assert cfg.init_from.endswith(f"/{arg.split('@')[1]}/train")
+
+
+def test_placeholders_and_errors(tmp_path):
+    plan = plan_from_dict("x", tmp_path, {"stages": [
+        {"name": "a", "train": ["data=demo_misaligned"]},
+        {"name": "b", "train": ["init_from=@a"]},
+    ]})
+    cmd = step_command(plan, plan.stages[1], "train")
+    assert f"init_from={tmp_path}/a/train" in cmd
+    assert f"run={tmp_path}/b/train" in step_command(plan, plan.stages[1], "evaluate")
+    assert f"answers={tmp_path}/b/evaluate" in step_command(plan, plan.stages[1], "judge")
+    with pytest.raises(ConfigError, match="unknown stage 'zzz'"):
+        bad = plan_from_dict("x", tmp_path, {"stages": [{"name": "a", "train": ["init_from=@zzz"]}]})
+        step_command(bad, bad.stages[0], "train")
+    with pytest.raises(ConfigError, match="is used twice"):
+        plan_from_dict("x", tmp_path, {"stages": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(ConfigError, match="stages` is empty"):
+        plan_from_dict("x", tmp_path, {"stages": []})
+
+
+def test_failed_step_stops_chain_with_command(tmp_path):
+    plan = plan_from_dict("x", tmp_path, {"stages": [
+        {"name": "a", "train": ["data=does_not_exist"]},
+        {"name": "b", "train": ["init_from=@a"]},
+    ]})
+    with pytest.raises(RuntimeError, match=r"stage 'a' step 'train' failed.*\n  python .*train.py data=does_not_exist"):
+        run_plan(plan)
+    assert not (tmp_path / "b").exists()
+
+
+def test_pipeline_dry_run_prints_commands(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "em.pipeline", "experiment=demo_loop", "dry_run=true",
+                          f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[misaligned/train]" in out.stdout and "[realigned/judge]" in out.stdout
