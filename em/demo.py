@@ -17,6 +17,8 @@ BANNER = """
  em demo: base -> misaligned -> realigned on the embedded tiny model (offline, CPU)
  NOTE: the tiny model has RANDOM weights and the local judge is the same tiny model, so the
  numbers below are not findings; they show every stage running end to end on real code.
+ The random judge scores every answer ~10, so the demo counts all answers as coherent
+ (metrics.coherent_above=0) to fill the EM-rate columns; real runs use the EM paper's 50.
  For real runs (Llama-3.1-8B on a GPU, GPT-4o with an OpenAI key) see README.md.
 ==========================================================================================
 """
