@@ -139,6 +139,9 @@ def describe_error(exc: BaseException) -> str:
     """The API's own message, without request headers (which may carry the key)."""
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}: {exc.message}"
+    request = getattr(exc, "request", None)
+    if isinstance(exc, openai.APIConnectionError) and request is not None:
+        return f"{type(exc).__name__}: {exc} ({request.method} {request.url})"
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -74,7 +74,7 @@ def test_every_group_option_composes_with_datagen():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         choices = compose("datagen", return_hydra_config=True).hydra.runtime.choices
     groups = [g for g in choices if not g.startswith("hydra") and (CONF / g).is_dir()]
-    assert {"domain", "paths", "logger", "api", "prices", "debug"} <= set(groups)
+    assert {"domain", "paths", "logger", "api", "prices"} <= set(groups)
     for group in groups:
         for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
             cfg = compose_datagen([f"{group}={option}"])

@@ -229,7 +229,7 @@ async def run_calls(
         await map_concurrent(items, worker, on_result, max_in_flight=max_in_flight)
     except APIFailure as e:
         raise APIFailure(
-            f"{e}. Stopped after {finished} of {len(items)} calls of this round; every finished "
+            f"{str(e).rstrip('.')}. Stopped after {finished} of {len(items)} calls of this round; every finished "
             f"call is kept in {path}: rerun the same command to continue."
         ) from e
     finally:

@@ -129,18 +129,21 @@ class BatchRunner:
             entry["status"] = "uploaded"
             self._save()
         if not entry.get("batch_id"):
-            entry["batch_id"] = self._find_existing(entry["input_file_id"])
-            if not entry["batch_id"]:
-                created = self._call(
-                    lambda: self.client.batches.create(
-                        input_file_id=entry["input_file_id"],
-                        endpoint=ENDPOINT,
-                        completion_window=self.settings.completion_window,
-                        metadata={"em_requests_file": entry["requests_file"]},
-                    ),
-                    "Batch API create",
-                )
-                entry["batch_id"] = created.id
+
+            def create() -> str:
+                # Look before every attempt: a create that timed out may still have made the batch,
+                # and a blind retry would pay for a second one.
+                existing = self._find_existing(entry["input_file_id"])
+                if existing:
+                    return existing
+                return self.client.batches.create(
+                    input_file_id=entry["input_file_id"],
+                    endpoint=ENDPOINT,
+                    completion_window=self.settings.completion_window,
+                    metadata={"em_requests_file": entry["requests_file"]},
+                ).id
+
+            entry["batch_id"] = self._call(create, "Batch API create")
             entry["status"] = "submitted"
             self._save()
             log.info(
