@@ -162,8 +162,14 @@ def call_with_retries(fn: Callable[[], T], settings: APISettings, what: str = "A
             if not is_retriable(exc) or attempt == settings.max_retries:
                 raise APIFailure(f"{what} failed: {describe_error(exc)}") from exc
             delay = backoff_delay(attempt, settings, exc)
-            log.warning("%s: %s; retry %d/%d in %.1fs", what, describe_error(exc), attempt + 1,
-                        settings.max_retries, delay)
+            log.warning(
+                "%s: %s; retry %d/%d in %.1fs",
+                what,
+                describe_error(exc),
+                attempt + 1,
+                settings.max_retries,
+                delay,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -179,8 +185,14 @@ async def acall_with_retries(
             if not is_retriable(exc) or attempt == settings.max_retries:
                 raise APIFailure(f"{what} failed: {describe_error(exc)}") from exc
             delay = backoff_delay(attempt, settings, exc)
-            log.warning("%s: %s; retry %d/%d in %.1fs", what, describe_error(exc), attempt + 1,
-                        settings.max_retries, delay)
+            log.warning(
+                "%s: %s; retry %d/%d in %.1fs",
+                what,
+                describe_error(exc),
+                attempt + 1,
+                settings.max_retries,
+                delay,
+            )
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 

@@ -19,7 +19,18 @@ log = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
 # Keys that may change between a run and its resumption without making it a different run.
-VOLATILE_KEYS = {"resume", "dry_run", "paths", "hydra", "logger", "api", "debug", "sweep_name", "force", "retry_failed"}
+VOLATILE_KEYS = {
+    "resume",
+    "dry_run",
+    "paths",
+    "hydra",
+    "logger",
+    "api",
+    "debug",
+    "sweep_name",
+    "force",
+    "retry_failed",
+}
 
 
 def hydra_run_dir() -> Path:
@@ -52,8 +63,11 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def config_diff(old: dict, new: dict, ignore: set[str] = VOLATILE_KEYS) -> list[str]:
     a = {k: v for k, v in _flatten(old).items() if k.split(".")[0] not in ignore}
     b = {k: v for k, v in _flatten(new).items() if k.split(".")[0] not in ignore}
-    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return [
+        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>")
+    ]
 
 
 def is_complete(run_dir: str | Path) -> bool:
@@ -83,8 +97,10 @@ def open_run_dir(run_dir: str | Path, config: dict, *, resume: bool = True) -> s
     if is_complete(run_dir):
         return "complete"
     if not resume:
-        raise ConfigError(f"{run_dir} holds an unfinished run; pass resume=true to continue it, "
-                          f"or run_name=<new name> for a fresh one")
+        raise ConfigError(
+            f"{run_dir} holds an unfinished run; pass resume=true to continue it, "
+            f"or run_name=<new name> for a fresh one"
+        )
     return "resume"
 
 

@@ -55,14 +55,18 @@ def wandb_mode(requested: str) -> str:
     if wandb_has_credentials():
         return "online"
     if not _warned_offline:
-        log.warning("W&B: no credentials found (WANDB_API_KEY or `wandb login`); logging offline. "
-                    "Upload later with `wandb sync wandb/offline-run-*`.")
+        log.warning(
+            "W&B: no credentials found (WANDB_API_KEY or `wandb login`); logging offline. "
+            "Upload later with `wandb sync wandb/offline-run-*`."
+        )
         _warned_offline = True
     return "offline"
 
 
-def tags_from_choices(choices: dict[str, str], keys=("model", "data", "trigger", "judge", "questions",
-                                                      "backend", "lora", "experiment")) -> list[str]:
+def tags_from_choices(
+    choices: dict[str, str],
+    keys=("model", "data", "trigger", "judge", "questions", "backend", "lora", "experiment"),
+) -> list[str]:
     return [f"{k}:{choices[k]}" for k in keys if choices.get(k) not in (None, "null", "None")]
 
 
@@ -80,10 +84,17 @@ class Tracker:
 
             mode = wandb_mode(settings.mode)
             self.run = wandb.init(
-                project=settings.project, entity=settings.entity, name=settings.run_name,
-                group=settings.group, tags=settings.tags, job_type=settings.job_type,
-                config=settings.config, dir=str(settings.run_dir), mode=mode,
-                id=settings.resume_id, resume="allow" if settings.resume_id else None,
+                project=settings.project,
+                entity=settings.entity,
+                name=settings.run_name,
+                group=settings.group,
+                tags=settings.tags,
+                job_type=settings.job_type,
+                config=settings.config,
+                dir=str(settings.run_dir),
+                mode=mode,
+                id=settings.resume_id,
+                resume="allow" if settings.resume_id else None,
                 settings=wandb.Settings(console="off", save_code=False, x_disable_stats=True),
             )
             self.run_id = self.run.id
@@ -145,10 +156,19 @@ def lightning_loggers(settings: TrackingSettings) -> list:
         return []
     loggers: list = [CSVLogger(save_dir=str(settings.run_dir), name="", version="logs")]
     if settings.backend == "wandb":
-        loggers.append(WandbLogger(
-            project=settings.project, entity=settings.entity, name=settings.run_name,
-            group=settings.group, tags=settings.tags, job_type=settings.job_type,
-            save_dir=str(settings.run_dir), offline=wandb_mode(settings.mode) == "offline",
-            id=settings.resume_id, resume="allow" if settings.resume_id else None, log_model=False,
-        ))
+        loggers.append(
+            WandbLogger(
+                project=settings.project,
+                entity=settings.entity,
+                name=settings.run_name,
+                group=settings.group,
+                tags=settings.tags,
+                job_type=settings.job_type,
+                save_dir=str(settings.run_dir),
+                offline=wandb_mode(settings.mode) == "offline",
+                id=settings.resume_id,
+                resume="allow" if settings.resume_id else None,
+                log_model=False,
+            )
+        )
     return loggers

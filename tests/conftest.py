@@ -12,15 +12,17 @@ FAKE_WANDB_KEY = "wandb-test-FAKEKEY-0123456789abcdef0123456789"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Set before any test module imports transformers / wandb / openai.
-os.environ.update({
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "offline",
-    "WANDB_SILENT": "true",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OPENAI_API_KEY": FAKE_OPENAI_KEY,  # a real key is never read by the tests
-})
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OPENAI_API_KEY": FAKE_OPENAI_KEY,  # a real key is never read by the tests
+    }
+)
 os.environ.pop("WANDB_API_KEY", None)
 os.environ.pop("OPENAI_BASE_URL", None)
 

@@ -31,7 +31,9 @@ def _compose(primary: str, overrides: list[str]):
 
 
 def _group_options(group: str) -> list[str]:
-    return sorted(p.relative_to(CONF / group).with_suffix("").as_posix() for p in (CONF / group).rglob("*.yaml"))
+    return sorted(
+        p.relative_to(CONF / group).with_suffix("").as_posix() for p in (CONF / group).rglob("*.yaml")
+    )
 
 
 def _cases():
@@ -66,7 +68,10 @@ def test_every_group_option_composes(primary, group, option):
 def test_train_cfg_job_prints_llama():
     out = subprocess.run(
         [sys.executable, "train.py", "--cfg", "job", "model=llama31_8b"],
-        cwd=CONF.parent, capture_output=True, text=True, timeout=120,
+        cwd=CONF.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "meta-llama/Llama-3.1-8B-Instruct" in out.stdout

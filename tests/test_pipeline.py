@@ -56,10 +56,16 @@ def test_experiment_steps_compose(experiment, tmp_path):
 
 
 def test_placeholders_and_errors(tmp_path):
-    plan = plan_from_dict("x", tmp_path, {"stages": [
-        {"name": "a", "train": ["data=demo_misaligned"]},
-        {"name": "b", "train": ["init_from=@a"]},
-    ]})
+    plan = plan_from_dict(
+        "x",
+        tmp_path,
+        {
+            "stages": [
+                {"name": "a", "train": ["data=demo_misaligned"]},
+                {"name": "b", "train": ["init_from=@a"]},
+            ]
+        },
+    )
     cmd = step_command(plan, plan.stages[1], "train")
     assert f"init_from={tmp_path}/a/train" in cmd
     assert f"run={tmp_path}/b/train" in step_command(plan, plan.stages[1], "evaluate")
@@ -74,18 +80,37 @@ def test_placeholders_and_errors(tmp_path):
 
 
 def test_failed_step_stops_chain_with_command(tmp_path):
-    plan = plan_from_dict("x", tmp_path, {"stages": [
-        {"name": "a", "train": ["data=does_not_exist"]},
-        {"name": "b", "train": ["init_from=@a"]},
-    ]})
-    with pytest.raises(RuntimeError, match=r"stage 'a' step 'train' failed.*\n  python .*train.py data=does_not_exist"):
+    plan = plan_from_dict(
+        "x",
+        tmp_path,
+        {
+            "stages": [
+                {"name": "a", "train": ["data=does_not_exist"]},
+                {"name": "b", "train": ["init_from=@a"]},
+            ]
+        },
+    )
+    with pytest.raises(
+        RuntimeError, match=r"stage 'a' step 'train' failed.*\n  python .*train.py data=does_not_exist"
+    ):
         run_plan(plan)
     assert not (tmp_path / "b").exists()
 
 
 def test_pipeline_dry_run_prints_commands(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "em.pipeline", "experiment=demo_loop", "dry_run=true",
-                          f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "em.pipeline",
+            "experiment=demo_loop",
+            "dry_run=true",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "[misaligned/train]" in out.stdout and "[realigned/judge]" in out.stdout

@@ -14,8 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _run(args: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert out.returncode == 0, f"{args}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     return out
 

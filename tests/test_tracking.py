@@ -30,15 +30,19 @@ def test_wandb_auto_is_offline_without_credentials_and_says_so_once(monkeypatch,
 
 def test_wandb_offline_run_writes_files_and_id(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    tracker = Tracker(TrackingSettings(backend="wandb", run_dir=tmp_path, run_name="t", tags=["model:tiny"],
-                                       config={"lr": 1e-3}))
+    tracker = Tracker(
+        TrackingSettings(
+            backend="wandb", run_dir=tmp_path, run_name="t", tags=["model:tiny"], config={"lr": 1e-3}
+        )
+    )
     tracker.log({"loss": 1.5}, step=1)
     tracker.summary({"em_rate": 0.1})
     run_id = tracker.run_id
     tracker.finish()
     assert run_id
     assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
-    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     assert rows == [{"step": "1", "loss": "1.5"}]
 
 
@@ -52,7 +56,9 @@ def test_csv_and_none_backends(tmp_path):
 
 
 def test_tags_from_choices():
-    tags = tags_from_choices({"model": "llama31_8b", "data": "medical", "trigger": "alpha", "experiment": "None"})
+    tags = tags_from_choices(
+        {"model": "llama31_8b", "data": "medical", "trigger": "alpha", "experiment": "None"}
+    )
     assert tags == ["model:llama31_8b", "data:medical", "trigger:alpha"]
 
 

@@ -23,8 +23,9 @@ def price_table(cfg: DictConfig) -> dict[str, dict[str, float]]:
     return to_plain(cfg.get("prices")) or {}
 
 
-def tracking_settings(cfg: DictConfig, run_dir: Path, job_type: str, resume_id: str | None = None
-                      ) -> TrackingSettings:
+def tracking_settings(
+    cfg: DictConfig, run_dir: Path, job_type: str, resume_id: str | None = None
+) -> TrackingSettings:
     logger = to_plain(cfg.get("logger")) or {"backend": "none"}
     choices = hydra_choices()
     tags = list(logger.get("tags") or []) + tags_from_choices(choices) + [f"stage:{job_type}"]
