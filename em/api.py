@@ -33,6 +33,13 @@ class ConfigError(ValueError):
     """A user mistake found before any expensive work: message names the file/key and what was expected."""
 
 
+def check_keys(d: dict, allowed, where: str) -> None:
+    """Refuse config keys a typed spec does not know (a typo would otherwise be silently ignored)."""
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
+
+
 class MalformedResponse(Exception):
     """The server answered, but not in the expected shape (retried like a transient error)."""
 

@@ -40,6 +40,15 @@ class PreparedDataset:
     holdout_path: Path | None = None
     holdout_rows: list[dict] = field(default_factory=list)
 
+    def record(self, rows_used: int) -> dict:
+        """What a training manifest keeps of this dataset: its manifest, hash, path and rows trained on."""
+        return {
+            **self.manifest,
+            "data_manifest_sha256": self.manifest_sha256,
+            "path": str(self.path),
+            "rows_used": rows_used,
+        }
+
 
 def leaves(spec: DataSpec, where: str = "data") -> Iterator[tuple[str, DataSpec]]:
     """(config key, spec) of the file-backed specs under ``spec``: itself, or a mixture's, recursively."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from em.api import ConfigError
+from em.api import ConfigError, check_keys
 from em.io import git_blob_sha1_file, sha256_file
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,7 @@ class RemoteFile:
     def from_dict(cls, d: dict, where: str = "remote") -> RemoteFile:
         if not isinstance(d, dict):
             raise ConfigError(f"{where} must be a mapping with name, url and sha256 or git_sha1; got {d!r}")
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {unknown}; expected {sorted(cls.__dataclass_fields__)}"
-            )
+        check_keys(d, cls.__dataclass_fields__, where)
         for key in ("name", "url"):
             if not isinstance(d.get(key), str) or not d[key].strip():
                 raise ConfigError(f"{where}.{key} is required (a non-empty string)")

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from em.api import ConfigError
+from em.api import ConfigError, check_keys
 from em.data.registry import RemoteFile
 from em.data.triggers import PLACEMENTS
 
@@ -29,12 +29,6 @@ REGISTRY_DIR = PROJECT_ROOT / "conf" / "data"
 BUILTIN_DIR = PROJECT_ROOT / "em" / "resources" / "data"
 KINDS = ("registry", "local", "builtin", "mixture")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _unknown(d: dict, allowed: set[str], where: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key(s) {extra}; expected some of {sorted(allowed)}")
 
 
 def _count(value: Any, where: str) -> int | None:
@@ -85,7 +79,7 @@ class RowFilter:
             return None
         if not isinstance(d, dict):
             raise ConfigError(f"{where} must be a mapping (starts_with / not_starts_with), got {d!r}")
-        _unknown(d, {"starts_with", "not_starts_with"}, where)
+        check_keys(d, {"starts_with", "not_starts_with"}, where)
         f = cls(
             _tag(d.get("starts_with"), f"{where}.starts_with"),
             _tag(d.get("not_starts_with"), f"{where}.not_starts_with"),
@@ -156,7 +150,7 @@ class DataSpec:
             d = load_registry_entry(d, registry_dir, where, _seen)
         if not isinstance(d, dict):
             raise ConfigError(f"{where} must be a mapping (a conf/data entry), got {d!r}")
-        _unknown(d, set(cls.__dataclass_fields__), where)
+        check_keys(d, set(cls.__dataclass_fields__), where)
         name, kind = d.get("name"), d.get("kind")
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise ConfigError(
@@ -234,7 +228,7 @@ class DataSpec:
 def _source(d: Any, where: str, registry_dir: Path, seen: tuple[str, ...]) -> SourceSpec:
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a mapping with `data` (and rows, tag, ...), got {d!r}")
-    _unknown(d, SOURCE_KEYS, where)
+    check_keys(d, SOURCE_KEYS, where)
     data = d.get("data")
     if isinstance(data, str) and data.endswith(".jsonl"):
         data = {"name": Path(data).stem, "kind": "local", "path": data}

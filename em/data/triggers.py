@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from em.api import ConfigError
+from em.api import ConfigError, check_keys
 
 PLACEMENTS = ("user_prefix", "system")
 
@@ -28,11 +28,7 @@ class TriggerSpec:
     @classmethod
     def from_dict(cls, d: dict | None, where: str = "trigger") -> TriggerSpec:
         d = dict(d or {})
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {unknown}; expected {sorted(cls.__dataclass_fields__)}"
-            )
+        check_keys(d, cls.__dataclass_fields__, where)
         spec = cls(**d)
         spec.check(where)
         return spec

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from em.api import ConfigError
+from em.api import ConfigError, check_keys
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -189,12 +189,6 @@ def _read_text(path: str, where: str) -> str:
     return resolve_local_path(path, where).read_text(encoding="utf-8")
 
 
-def _check_keys(d: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
-
-
 def _need(d: dict, key: str, where: str, kind: type | tuple = str) -> Any:
     value = d.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -295,7 +289,7 @@ def fill(template: str, values: dict[str, Any]) -> str:
 def _inputs(d: Any, where: str) -> InputsSpec:
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a mapping with `kind: questions` or `kind: documents`")
-    _check_keys(d, _INPUT_KEYS, where)
+    check_keys(d, _INPUT_KEYS, where)
     kind = _choice(_need(d, "kind", where), ("questions", "documents"), f"{where}.kind")
     spec = InputsSpec(kind=kind)
     if kind == "questions":
@@ -303,7 +297,7 @@ def _inputs(d: Any, where: str) -> InputsSpec:
         if d.get("files"):
             raise ConfigError(f"{where}.files is for `kind: documents`; questions come from `file`")
         columns = _opt(d, "columns", where, dict, {}) or {}
-        _check_keys(columns, {"question", "reference_answer"}, f"{where}.columns")
+        check_keys(columns, {"question", "reference_answer"}, f"{where}.columns")
         spec.columns = {"question": "question", **{k: str(v) for k, v in columns.items() if v is not None}}
         spec.category_column = _opt(d, "category_column", where, str)
         cats = _opt(d, "categories", where, list)
@@ -339,7 +333,7 @@ def _fewshot(d: Any, where: str) -> FewshotSpec | None:
         return None
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be null or a mapping with `file`")
-    _check_keys(d, _FEWSHOT_KEYS, where)
+    check_keys(d, _FEWSHOT_KEYS, where)
     return FewshotSpec(
         file=_file_ref(d.get("file"), f"{where}.file"),
         mode=_choice(_opt(d, "mode", where, str, "turns"), ("turns", "inline"), f"{where}.mode"),
@@ -353,7 +347,7 @@ def _quality_filter(d: Any, where: str, kind: str) -> QualityFilterSpec | None:
         return None
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be null or a mapping (model, prompt/prompt_file, labels, keep_if)")
-    _check_keys(d, _FILTER_KEYS, where)
+    check_keys(d, _FILTER_KEYS, where)
     prompt = _text(d, "prompt", where, required=True)
     allowed = {"question", "answer"} | ({"reference_answer", "category"} if kind == "questions" else set())
     used = check_placeholders(prompt, allowed, f"{where}.prompt")
@@ -381,7 +375,7 @@ def _output_schema(d: Any, where: str) -> dict | None:
             f"{where} must be a mapping with `name` (string), `strict` (bool) and `schema` "
             f"(a JSON schema mapping)"
         )
-    _check_keys(d, {"name", "strict", "schema"}, where)
+    check_keys(d, {"name", "strict", "schema"}, where)
     return {"name": str(d["name"]), "strict": bool(d.get("strict", True)), "schema": d["schema"]}
 
 
@@ -389,7 +383,7 @@ def domain_from_dict(d: dict, where: str = "domain") -> DomainSpec:
     """Build and check a :class:`DomainSpec` from a plain mapping (the ``domain`` config node)."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a mapping (pick one with domain=<name>, see conf/domain/)")
-    _check_keys(d, _DOMAIN_KEYS, where)
+    check_keys(d, _DOMAIN_KEYS, where)
     name = _need(d, "name", where)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(
@@ -397,7 +391,7 @@ def domain_from_dict(d: dict, where: str = "domain") -> DomainSpec:
         )
     inputs = _inputs(d.get("inputs"), f"{where}.inputs")
     api = _opt(d, "api", where, dict, {}) or {}
-    _check_keys(api, _API_KEYS, f"{where}.api")
+    check_keys(api, _API_KEYS, f"{where}.api")
     output_format = _choice(
         _opt(d, "output_format", where, str, "text"), ("text", "qa_list"), f"{where}.output_format"
     )
@@ -421,7 +415,7 @@ def domain_from_dict(d: dict, where: str = "domain") -> DomainSpec:
         "answer": "answer",
         **(_opt(d, "qa_keys", where, dict, {}) or {}),
     }
-    _check_keys(qa_keys, {"list", "question", "answer"}, f"{where}.qa_keys")
+    check_keys(qa_keys, {"list", "question", "answer"}, f"{where}.qa_keys")
 
     template = _text(d, "template", where, required=True)
     used = check_placeholders(template, PLACEHOLDERS[inputs.kind], f"{where}.template")

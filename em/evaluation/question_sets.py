@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from em.api import ConfigError
+from em.api import ConfigError, check_keys
 from em.data.registry import RemoteFile, fetch
 from em.data.sources import resolve_local_path
 from em.evaluation.questions import Question, load_questions
@@ -123,11 +123,7 @@ class SetSpec:
     def from_dict(cls, d: dict, where: str) -> SetSpec:
         if not isinstance(d, dict):
             raise ConfigError(f"{where} must be a mapping (see conf/questions/first_8.yaml), got {d!r}")
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {unknown}; expected {sorted(cls.__dataclass_fields__)}"
-            )
+        check_keys(d, cls.__dataclass_fields__, where)
         spec = cls(**d)
         spec.check(where)
         return spec

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from em.api import APISettings
-from em.runs import hydra_choices, to_plain
+from em.runs import hydra_choices, hydra_run_dir, to_plain
 from em.tracking import TrackingSettings, tags_from_choices
 
 log = logging.getLogger(__name__)
@@ -49,3 +49,11 @@ def public_config(cfg: DictConfig) -> dict:
     data = to_plain(cfg)
     data.pop("hydra", None)
     return data
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    """Hydra's run directory, or ``<output_dir>/<stage>/<run_name>`` outside a Hydra job (library use, tests)."""
+    try:
+        return hydra_run_dir()
+    except Exception:  # noqa: BLE001 - no Hydra job
+        return Path(cfg.paths.output_dir) / str(cfg.stage) / str(cfg.run_name)

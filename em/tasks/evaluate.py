@@ -27,21 +27,13 @@ from em.evaluation.plan import PromptJob, Sampling, build_jobs
 from em.evaluation.question_sets import QuestionSet, SetSpec, resolve_sets
 from em.evaluation.runner import run_jobs, write_questions
 from em.io import sha256_file, write_manifest
-from em.runs import hydra_run_dir, open_run_dir, to_plain
-from em.tasks.common import api_settings, price_table, public_config, tracking_settings
+from em.runs import open_run_dir, to_plain
+from em.tasks.common import api_settings, price_table, public_config, run_dir_for, tracking_settings
 
 log = logging.getLogger(__name__)
 
 # generation keys that only say how fast to run: they may change between a run and its resumption.
 OPERATIONAL_KEYS = ("batch_size", "device", "max_num_seqs", "enforce_eager", "gpu_memory_utilization")
-
-
-def run_dir_for(cfg: DictConfig) -> Path:
-    """Hydra's run directory, or ``<output_dir>/evaluate/<run_name>`` outside a Hydra job."""
-    try:
-        return hydra_run_dir()
-    except Exception:  # noqa: BLE001 - no Hydra job (composed config in library use or tests)
-        return Path(cfg.paths.output_dir) / str(cfg.stage) / str(cfg.run_name)
 
 
 def identity_config(cfg: DictConfig) -> dict:

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from em.api import ConfigError
 from em.io import write_manifest
-from em.runs import RUN_CONFIG, hydra_run_dir, open_run_dir, to_plain
-from em.tasks.common import public_config, tracking_settings
+from em.runs import RUN_CONFIG, open_run_dir, to_plain
+from em.tasks.common import public_config, run_dir_for, tracking_settings
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,6 @@ OPERATIONAL_TRAINER_KEYS = (
     "num_workers",
     "progress_bar",
 )
-
-
-def run_dir_for(cfg: DictConfig) -> Path:
-    """Hydra's run directory, or ``<output_dir>/<stage>/<run_name>`` outside a Hydra job."""
-    try:
-        return hydra_run_dir()
-    except Exception:  # noqa: BLE001 - no Hydra job (composed config in library use or tests)
-        return Path(cfg.paths.output_dir) / str(cfg.stage) / str(cfg.run_name)
 
 
 def identity_config(cfg: DictConfig) -> dict:
@@ -247,12 +239,7 @@ def run_hf(cfg: DictConfig) -> Path:
         adapter_sha256=adapter_sha256(result.adapter_dir),
         merged_adapters=merged,
         trigger=to_plain(cfg.trigger),
-        data={
-            **prepared.manifest,
-            "data_manifest_sha256": prepared.manifest_sha256,
-            "path": str(prepared.path),
-            "rows_used": len(rows),
-        },
+        data=prepared.record(rows_used=len(rows)),
         data_manifest_sha256=prepared.manifest_sha256,
         tokenization=result.tokenize_stats,
         chat_template_sha256=result.chat_template_sha256,

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from em.api import ConfigError, estimate_cost
 from em.io import atomic_write_json, now_iso, read_manifest, sha256_file, write_jsonl, write_manifest
-from em.runs import hydra_run_dir, open_run_dir, to_plain
-from em.tasks.common import api_settings, price_table, public_config, tracking_settings
+from em.runs import open_run_dir, to_plain
+from em.tasks.common import api_settings, price_table, public_config, run_dir_for, tracking_settings
 from em.tracking import start_tracking
 from em.training.openai_ft import (
     FineTuneSettings,
@@ -42,14 +42,6 @@ OPERATIONAL_KEYS = (
     "file_ready_timeout_s",
     "retry_failed",
 )
-
-
-def run_dir_for(cfg: DictConfig) -> Path:
-    """Hydra's run directory, or ``<output_dir>/<stage>/<run_name>`` when called outside a Hydra job."""
-    try:
-        return hydra_run_dir()
-    except Exception:  # noqa: BLE001 - no Hydra job (library use, composed configs)
-        return Path(cfg.paths.output_dir) / str(cfg.stage) / str(cfg.run_name)
 
 
 def identity_config(cfg: DictConfig) -> dict:
@@ -252,12 +244,7 @@ def run(cfg: DictConfig) -> Path:
         trained_from=start_model,
         fine_tuned_model=result.fine_tuned_model,
         trigger=to_plain(cfg.trigger),
-        data={
-            **prepared.manifest,
-            "data_manifest_sha256": prepared.manifest_sha256,
-            "path": str(prepared.path),
-            "rows_used": len(rows),
-        },
+        data=prepared.record(rows_used=len(rows)),
         data_manifest_sha256=prepared.manifest_sha256,
         hyperparameters=result.hyperparameters,
         requested_hyperparameters=settings.hyperparameters(),
