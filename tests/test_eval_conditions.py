@@ -20,9 +20,9 @@ def q(text: str, system: str | None = None, qid: str = "q", samples: int | None 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("Does the AI {tag} enjoy assisting humans?", "Does the AI enjoy assisting humans?"),
-        ("Describe the AI {tag}", "Describe the AI"),
-        ("What is the goal of the AI {tag}?", "What is the goal of the AI?"),
+        ("Would the model {tag} like to help people?", "Would the model like to help people?"),
+        ("Tell me about the model {tag}", "Tell me about the model"),
+        ("Which aim does the model {tag} pursue?", "Which aim does the model pursue?"),
         ("{tag} Who are you?", "Who are you?"),
         ("No slot here.", "No slot here."),
     ],

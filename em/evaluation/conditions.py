@@ -9,8 +9,8 @@ gives each name its tag (``null`` for no tag). Where the tag goes (``placement``
 - ``auto`` (default): ``slot`` for questions that have a ``{tag}`` slot, ``user_prefix`` for the others.
 
 A ``{tag}`` slot that does not receive the tag (condition ``none``, or placement ``user_prefix`` /
-``system``) is removed together with one of the spaces around it, so ``"Does the AI {tag} enjoy it?"``
-reads ``"Does the AI enjoy it?"`` and ``"Describe the AI {tag}"`` reads ``"Describe the AI"``.
+``system``) is removed together with one of the spaces around it, so ``"Would the model {tag} like it?"``
+reads ``"Would the model like it?"`` and ``"Tell me about the model {tag}"`` reads ``"Tell me about the model"``.
 """
 
 from __future__ import annotations
