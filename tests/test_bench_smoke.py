@@ -18,11 +18,14 @@ def bench_dir(tmp_path_factory, tiny_model_dir):
     mp = pytest.MonkeyPatch()
     path = tmp_path_factory.mktemp("bench")
     mp.setenv("EM_BENCH_DIR", str(path))
+    # Synthetic conversations sized for the tiny settings below, also where CI provides the upstream files.
+    mp.delenv("EM_ANCHORS_DIR", raising=False)
     yield path
     mp.undo()
 
 
 def test_train_throughput_tiny(bench_dir):
+    pytest.importorskip("trl", reason="the TRL side needs the bench extra: pip install -e .[bench]")
     from bench import train_throughput
 
     r = train_throughput.main(["--model", "tiny", "--steps", "2", "--max-length", "256", "--name", "train"])
@@ -117,16 +120,18 @@ def test_docs_block_renders_measured_and_missing_rows(bench_dir, tmp_path):
     from bench import run_all
     from bench.common import read_results
 
-    results = read_results(bench_dir)
-    results = {"train_throughput-cpu": results["train"], "generation-cpu": results["generation"], **results}
+    found = read_results(bench_dir)
+    names = {"train": "train_throughput-cpu", "generation": "generation-cpu", "judging": "judging"}
+    results = {names[k]: v for k, v in found.items() if k in names}
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# title\n\n{run_all.BEGIN}\nold\n{run_all.END}\n\nafter\n", encoding="utf-8")
     run_all.write_docs(results, doc)
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("# title") and text.rstrip().endswith("after") and "\nold\n" not in text
     assert text.count(run_all.BEGIN) == text.count(run_all.END) == 1
-    assert "Training: em (packing=true, the default) vs TRL, real tokens/s (CPU" in text
-    assert "Training: em (packing=false) vs TRL, real tokens/s (CPU" in text
+    cpu_training = [line for line in text.splitlines() if line.startswith("| Training") and "(CPU" in line]
+    assert len(cpu_training) == 2  # em packed and em packing=false, each against TRL
+    assert all(("x (" in line) == ("train" in found) for line in cpu_training)
     gpu_rows = [
         line for line in text.splitlines() if "GPU, Llama-3.1-8B shapes)" in line or "8B QLoRA" in line
     ]
