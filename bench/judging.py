@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import command_line, machine_info, set_bench_env, write_result
+from bench.common import REPO_ROOT, command_line, machine_info, set_bench_env, write_result
 
 TARGET_RATIO = 20.0
 KEY_ENV = "EM_BENCH_FAKE_API_KEY"  # a dummy key for the local server; a real key is never read
@@ -59,6 +59,7 @@ class ServerProcess:
     def __init__(self, latency_s: float):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.judging", "--serve", "--latency", str(latency_s)],
+            cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

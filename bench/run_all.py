@@ -167,7 +167,8 @@ def training_details(r: dict) -> str:
         f"{d['prompt_fraction']:.0%} prompt), {w['steps']} steps of {w['batch_size']} x {w['grad_accum']} examples, "
         f"max length {w['max_length']}, LoRA r={w['lora_r']} alpha={w['lora_alpha']} dropout={w['lora_dropout']}, "
         f"lr {w['learning_rate']}, gradient checkpointing {w['gradient_checkpointing']}, quantization "
-        f"{w['quantization']}. Identical token ids and labels on both sides: {d['identical_examples_em_vs_trl']}.",
+        f"{w['quantization']}, attention {w.get('attn_implementation', 'sdpa')}. Identical token ids and labels "
+        f"on both sides: {d['identical_examples_em_vs_trl']}.",
         "",
         table([""] + [name for name, _ in cols], rows),
         "",

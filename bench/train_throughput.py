@@ -11,6 +11,8 @@ optimizer step sees identical examples and the per-step losses can be compared d
 
 - **em**: ``em.training.sft.train_sft``; padding-free packing (the default): a micro-batch's examples are one row
   with a block-diagonal causal mask, logits only where a label is.
+- **em-padded**: the same with ``packing=false``: right padding, examples grouped by length (em plans its own
+  micro-batches, over the same rows: one epoch, so the final losses compare, the per-step ones do not).
 - **TRL** (as the Realignment study used it): ``SFTTrainer`` with ``packing=False``, ``padding_free=False``,
   right-padded batches padded to their longest example; the rows are conversational prompt-completion pairs
   (``prompt``: the user turn, ``completion``: the assistant turn) so that ``completion_only_loss=True`` trains
@@ -72,6 +74,7 @@ class Workload:
     quantization: str
     gradient_checkpointing: bool
     optimizer: str
+    attn_implementation: str
     seed: int
 
 
@@ -93,7 +96,9 @@ def sft_settings(w: Workload, packing: bool):
     cuda = w.device == "cuda"
     return SFTSettings(
         model=ModelSpec(
-            name_or_path=w.model_dir, dtype="bfloat16" if cuda else "float32", attn_implementation="sdpa"
+            name_or_path=w.model_dir,
+            dtype="bfloat16" if cuda else "float32",
+            attn_implementation=w.attn_implementation,
         ),
         adapter=AdapterSettings(
             r=w.lora_r, alpha=w.lora_alpha, dropout=w.lora_dropout, use_rslora=False, target_modules=TARGETS
@@ -327,6 +332,19 @@ def loss_agreement(em_steps: list[dict], trl_steps: list[dict]) -> dict:
     }
 
 
+def attn_implementation(requested: str, device: str) -> str:
+    """``auto``: flash-attention 2 on CUDA when the flash_attn package is installed (packed rows then use its
+    variable-length kernel), else sdpa."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
+
+
 def prepare(args, work: Path, rows: list[dict] | None = None) -> tuple[Workload, dict]:
     """Build the model, the rows (``rows``, or :func:`bench.workload.conversations`) and em's epoch plan;
     write them for the side processes."""
@@ -354,6 +372,7 @@ def prepare(args, work: Path, rows: list[dict] | None = None) -> tuple[Workload,
         quantization=args.quantization,
         gradient_checkpointing=args.gradient_checkpointing,
         optimizer=args.optimizer,
+        attn_implementation=attn_implementation(args.attn, args.device),
         seed=args.seed,
     )
     settings = sft_settings(w, packing=True)
@@ -485,6 +504,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-dropout", type=float, default=0.0, help="0: both sides compute identical losses")
     p.add_argument("--quantization", choices=("none", "nf4"), default="none")
     p.add_argument("--optimizer", choices=("adamw", "adamw_8bit"), default="adamw")
+    p.add_argument(
+        "--attn",
+        choices=("auto", "sdpa", "eager", "flash_attention_2"),
+        default="auto",
+        help="attention implementation of both sides (auto: flash_attention_2 on CUDA if installed, else sdpa)",
+    )
     gc = p.add_mutually_exclusive_group()
     gc.add_argument(
         "--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None

@@ -99,7 +99,7 @@ def _build(arch: Arch, tiny_dir: Path, out_dir: Path, device: str) -> None:
         num_attention_heads=arch.heads,
         num_key_value_heads=arch.kv_heads,
         head_dim=arch.hidden // arch.heads,
-        max_position_embeddings=8192,
+        max_position_embeddings=131072 if arch.rope_llama3_scaling else 8192,  # Llama-3.1's 128k context
         rope_parameters=rope,
         rms_norm_eps=1e-5,
         initializer_range=0.02,
