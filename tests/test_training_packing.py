@@ -101,3 +101,36 @@ def test_training_loss_packed_equals_padded(tiny_model_dir, examples):
     assert packed_n == padded_n == sum(n for _, n in alone) == sum(e.num_label_tokens for e in examples)
     torch.testing.assert_close(packed_sum, padded_sum, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(packed_sum, sum(s for s, _ in alone), atol=1e-3, rtol=1e-5)
+
+
+def test_packed_sdpa_equals_unpacked_with_gradients(tiny_model_dir, examples):
+    """The per-example sdpa implementation gives the block-mask losses and gradients, and is plain sdpa
+    for calls without segment lengths (padded batches keep their mask)."""
+    from em.training.packed_attention import PACKED_SDPA, use_packed_sdpa
+
+    examples, pad_id = examples
+    reference, packed_model = load(tiny_model_dir, "sdpa"), load(tiny_model_dir, "sdpa")
+    assert use_packed_sdpa(packed_model) == PACKED_SDPA
+    batch = PackedCollator()(examples)
+    assert batch["segment_lengths"] == tuple(e.num_tokens for e in examples)
+
+    def loss_and_grad(model, batch):
+        model.zero_grad()
+        loss, _ = token_loss_sum(model, batch)
+        loss.backward()
+        return loss.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    ref_loss, ref_grad = loss_and_grad(reference, batch)  # block-diagonal mask
+    seg_loss, seg_grad = loss_and_grad(packed_model, batch)  # one sdpa call per example
+    torch.testing.assert_close(seg_loss, ref_loss, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(seg_grad, ref_grad, atol=1e-5, rtol=1e-4)
+    # Without the lengths the row would be one sequence: the loss changes, so they are really used.
+    leaky = dict(batch, segment_lengths=(batch["num_tokens"],))
+    assert abs(float(loss_and_grad(packed_model, leaky)[0]) - float(ref_loss)) > 1e-2
+    padded = PaddedCollator(pad_id)(examples)
+    torch.testing.assert_close(
+        loss_and_grad(packed_model, padded)[0], loss_and_grad(reference, padded)[0], atol=1e-4, rtol=1e-5
+    )
+    bad = dict(batch, segment_lengths=(1, 2))
+    with pytest.raises(ValueError, match="do not tile one row"):
+        token_loss_sum(packed_model, bad)

@@ -350,3 +350,22 @@ def test_hundred_cpu_steps_on_em_format_data_lower_the_loss(tmp_path, tiny_model
     assert result.global_step == 100 and len(losses) == 100
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first - 0.6, (first, last)  # about 7.5 -> 6.6 on either data set
+
+
+def test_lightning_messages_print_once_under_a_configured_root_logger(capsys):
+    """Under Hydra (root handlers configured) Lightning's own console handler would double every line."""
+    import logging
+
+    from em.training.sft import one_line_per_lightning_message
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("root: %(message)s"))
+    root.addHandler(handler)
+    try:
+        one_line_per_lightning_message()
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").info("GPU available: no")
+    finally:
+        root.removeHandler(handler)
+    assert logging.getLogger("lightning").handlers == []  # Lightning's own console handler is gone
+    assert "root: GPU available: no" in capsys.readouterr().err  # and the message still reaches the root

@@ -13,24 +13,14 @@ from em.datagen.domain import domain_from_dict
 from em.datagen.inputs import load_inputs
 from em.io import read_manifest
 from em.runs import hydra_run_dir, open_run_dir, to_plain
-from em.tasks.common import api_settings, price_table, public_config, tracking_settings
+from em.tasks.common import api_settings, price_table, public_config, run_identity, tracking_settings
 from em.tracking import start_tracking
 
 log = logging.getLogger(__name__)
 
 
 # Operational settings that may change between a run and its resumption (e.g. lower concurrency after 429s).
-OPERATIONAL_KEYS = ("retry_failed",)
-OPERATIONAL_DOMAIN_KEYS = ("api", "concurrency", "rpm_limit", "tpm_limit")
-
-
-def run_identity(config: dict) -> dict:
-    """The config that defines a run directory: everything but operational settings."""
-    identity = {k: v for k, v in config.items() if k not in OPERATIONAL_KEYS}
-    identity["domain"] = {
-        k: v for k, v in (config.get("domain") or {}).items() if k not in OPERATIONAL_DOMAIN_KEYS
-    }
-    return identity
+OPERATIONAL_KEYS = {"": ("retry_failed",), "domain": ("api", "concurrency", "rpm_limit", "tpm_limit")}
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> Path:
@@ -48,7 +38,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> Path:
 
     check_ready(spec, settings)
     config = public_config(cfg)
-    status = open_run_dir(run_dir, run_identity(config), resume=bool(cfg.get("resume", True)))
+    status = open_run_dir(
+        run_dir, run_identity(config, OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
+    )
     if status == "complete":
         manifest = read_manifest(run_dir)
         print(

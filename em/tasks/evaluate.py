@@ -28,21 +28,29 @@ from em.evaluation.question_sets import QuestionSet, SetSpec, resolve_sets
 from em.evaluation.runner import run_jobs, write_questions
 from em.io import sha256_file, write_manifest
 from em.runs import open_run_dir, to_plain
-from em.tasks.common import api_settings, price_table, public_config, run_dir_for, tracking_settings
+from em.tasks.common import (
+    api_settings,
+    price_table,
+    public_config,
+    run_dir_for,
+    run_identity,
+    tracking_settings,
+)
 
 log = logging.getLogger(__name__)
 
 # generation keys that only say how fast to run: they may change between a run and its resumption.
-OPERATIONAL_KEYS = ("batch_size", "device", "max_num_seqs", "enforce_eager", "gpu_memory_utilization")
-
-
-def identity_config(cfg: DictConfig) -> dict:
-    """The config that defines the run (resuming with a different one is refused)."""
-    config = public_config(cfg)
-    for key in (*OPERATIONAL_KEYS, "progress"):
-        config.get("generation", {}).pop(key, None)
-    config.pop("progress", None)
-    return config
+OPERATIONAL_KEYS = {
+    "": ("progress",),
+    "generation": (
+        "batch_size",
+        "device",
+        "max_num_seqs",
+        "enforce_eager",
+        "gpu_memory_utilization",
+        "progress",
+    ),
+}
 
 
 def set_specs(cfg: DictConfig) -> list[SetSpec]:
@@ -167,7 +175,9 @@ def run(cfg: DictConfig) -> Path | None:
                     cfg.run_name)  # fmt: skip
     if backend.name == "openai":
         backend.preflight()  # the API key must be set
-    status = open_run_dir(run_dir, identity_config(cfg), resume=bool(cfg.get("resume", True)))
+    status = open_run_dir(
+        run_dir, run_identity(public_config(cfg), OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
+    )
     if status == "complete":
         log.info("%s is complete already (manifest.json); nothing to do", run_dir)
         return run_dir

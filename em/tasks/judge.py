@@ -24,7 +24,7 @@ from em.judging.prompts import build_tasks, load_answers, load_questions, resolv
 from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, usage_from_rows
 from em.metrics import MetricSettings, answers_frame, compute_metrics
 from em.runs import hydra_choices, hydra_run_dir, open_run_dir, to_plain
-from em.tasks.common import api_settings, price_table, public_config, tracking_settings
+from em.tasks.common import api_settings, price_table, public_config, run_identity, tracking_settings
 from em.tracking import start_tracking
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,7 @@ INPUTS = "judge_inputs.json"
 
 
 # Keys that may change between a run and its resumption (how to get the replies, not which replies).
-OPERATIONAL_KEYS = ("cache", "batch", "report", "stage_label")
-
-
-def identity_config(config: dict) -> dict:
-    """The config that defines a judge run (run_config.json): without the operational keys."""
-    return {k: v for k, v in config.items() if k not in OPERATIONAL_KEYS}
+OPERATIONAL_KEYS = {"": ("cache", "batch", "report", "stage_label")}
 
 
 def judge_spec(cfg: DictConfig) -> JudgeSpec:
@@ -195,7 +190,9 @@ def run(cfg: DictConfig) -> Path:
         return run_dir
 
     config = public_config(cfg)
-    state = open_run_dir(run_dir, identity_config(config), resume=bool(cfg.get("resume", True)))
+    state = open_run_dir(
+        run_dir, run_identity(config, OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
+    )
     input_hashes = _check_inputs(run_dir, inputs.answers_path, inputs.questions_path)
     if state == "complete":
         log.info("%s is complete; nothing to do (run_name=<new name> for another run)", run_dir)

@@ -16,25 +16,20 @@ from omegaconf import DictConfig
 from em.api import ConfigError
 from em.io import write_manifest
 from em.runs import RUN_CONFIG, open_run_dir, to_plain
-from em.tasks.common import public_config, run_dir_for, tracking_settings
+from em.tasks.common import public_config, run_dir_for, run_identity, tracking_settings
 
 log = logging.getLogger(__name__)
 
 # trainer keys that only say how to run: they may change between a run and its resumption.
-OPERATIONAL_TRAINER_KEYS = (
-    "checkpoint_every_n_steps",
-    "keep_checkpoints",
-    "log_every_n_steps",
-    "num_workers",
-    "progress_bar",
-)
-
-
-def identity_config(cfg: DictConfig) -> dict:
-    config = public_config(cfg)
-    for key in OPERATIONAL_TRAINER_KEYS:
-        config.get("trainer", {}).pop(key, None)
-    return config
+OPERATIONAL_KEYS = {
+    "trainer": (
+        "checkpoint_every_n_steps",
+        "keep_checkpoints",
+        "log_every_n_steps",
+        "num_workers",
+        "progress_bar",
+    )
+}
 
 
 def model_spec(cfg: DictConfig):
@@ -183,7 +178,9 @@ def run_hf(cfg: DictConfig) -> Path:
     run_dir = run_dir_for(cfg)
     settings = sft_settings(cfg)
     preflight(settings)  # model path, tokenizer + chat template, parent adapter: before anything is written
-    claim = open_run_dir(run_dir, identity_config(cfg), resume=bool(cfg.get("resume", True)))
+    claim = open_run_dir(
+        run_dir, run_identity(public_config(cfg), OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
+    )
     if claim == "complete":
         log.info("%s is already complete (adapter in %s); nothing to do", run_dir, run_dir / ADAPTER_DIR)
         return run_dir

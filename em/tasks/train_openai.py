@@ -16,7 +16,14 @@ from omegaconf import DictConfig
 from em.api import ConfigError, estimate_cost
 from em.io import atomic_write_json, now_iso, read_manifest, sha256_file, write_jsonl, write_manifest
 from em.runs import open_run_dir, to_plain
-from em.tasks.common import api_settings, price_table, public_config, run_dir_for, tracking_settings
+from em.tasks.common import (
+    api_settings,
+    price_table,
+    public_config,
+    run_dir_for,
+    run_identity,
+    tracking_settings,
+)
 from em.tracking import start_tracking
 from em.training.openai_ft import (
     FineTuneSettings,
@@ -34,22 +41,16 @@ log = logging.getLogger(__name__)
 UPLOAD_FILE = "openai_train.jsonl"
 PREFLIGHT = "preflight.json"
 # backend keys that only say how to wait: changing them between a run and its resumption is allowed.
-OPERATIONAL_KEYS = (
-    "poll_interval_s",
-    "poll_backoff",
-    "poll_max_interval_s",
-    "max_wait_h",
-    "file_ready_timeout_s",
-    "retry_failed",
-)
-
-
-def identity_config(cfg: DictConfig) -> dict:
-    """The config that names the run: everything but the backend's waiting/retry knobs."""
-    config = public_config(cfg)
-    for key in OPERATIONAL_KEYS:
-        config.get("backend", {}).pop(key, None)
-    return config
+OPERATIONAL_KEYS = {
+    "backend": (
+        "poll_interval_s",
+        "poll_backoff",
+        "poll_max_interval_s",
+        "max_wait_h",
+        "file_ready_timeout_s",
+        "retry_failed",
+    )
+}
 
 
 def load_parent(init_from: str | None, model_id: str) -> dict | None:
@@ -154,7 +155,9 @@ def run(cfg: DictConfig) -> Path:
     start_model = parent["fine_tuned_model"] if parent else model_id
     settings = finetune_settings(cfg, start_model, run_name)
 
-    claim = open_run_dir(run_dir, identity_config(cfg), resume=bool(cfg.get("resume", True)))
+    claim = open_run_dir(
+        run_dir, run_identity(public_config(cfg), OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
+    )
     if claim == "complete":
         log.info(
             "%s is already complete (fine-tuned model %s)",

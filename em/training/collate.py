@@ -11,7 +11,8 @@ refused with a :class:`ConfigError` naming the model, instead of silently traini
 Packing concatenates a micro-batch's examples into one row without padding. ``position_ids`` restart at 0 for
 each example and ``segment_ids`` say which example a token belongs to; :func:`block_causal_mask` turns them
 into the block-diagonal causal mask that keeps examples from attending to each other (position ids alone do
-not, with sdpa or eager attention).
+not, with sdpa or eager attention); ``segment_lengths`` lets :mod:`em.training.packed_attention` attend within
+each example without a mask.
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ class PackedCollator:
             "labels": batch_labels,
             "position_ids": torch.tensor([positions]),
             "segment_ids": torch.tensor([segments]),
+            "segment_lengths": tuple(ex.num_tokens for ex in examples),
             "num_tokens": len(ids),
             "num_padding": 0,
             "num_label_tokens": sum(ex.num_label_tokens for ex in examples),

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from em.api import ConfigError
 from em.training.collate import IGNORE_INDEX, block_causal_mask, logit_positions
+from em.training.packed_attention import PACKED_SDPA, use_packed_sdpa
 from em.training.settings import OptimizerSettings, SFTSettings
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,12 @@ def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
     next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     keep = batch["logit_positions"] if "logit_positions" in batch else logit_positions(labels)
     kwargs = {}
-    if "segment_ids" in batch:  # packed: positions restart per example; mask isolates the examples
+    if "segment_ids" in batch:  # packed: positions restart per example; attention stays inside each one
         kwargs["position_ids"] = batch["position_ids"]
         impl = model.config._attn_implementation or "eager"
-        if "flash" not in impl:  # flash-attention finds the boundaries from position_ids itself
+        if impl == PACKED_SDPA:  # sdpa on each example's slice of the row
+            kwargs["em_segment_lengths"] = tuple(batch["segment_lengths"])
+        elif "flash" not in impl:  # flash-attention finds the boundaries from position_ids itself
             kwargs["attention_mask"] = block_causal_mask(
                 batch["segment_ids"], None if impl == "sdpa" else torch.float32
             )
@@ -183,6 +186,8 @@ class SFTModule(pl.LightningModule):
         self.model, self.build_info = build_model(
             self.settings, device_map=device_map, probe_ids=self.probe_ids
         )
+        if self.settings.packing:  # sdpa would compute (and mask) attention across a packed row's examples
+            self.build_info["attn_implementation"] = use_packed_sdpa(self.model)
         self.model.train()  # from_pretrained leaves eval mode, which would switch LoRA dropout off
         # DDP would broadcast every parameter and buffer from rank 0 at start: the frozen base is loaded
         # identically on every rank, so only the adapter needs it.

@@ -241,6 +241,18 @@ def save_adapter(model, run_dir: Path) -> Path:
     return target
 
 
+def one_line_per_lightning_message() -> None:
+    """``import lightning`` gives its "lightning" logger a console handler of its own; under Hydra, whose root
+    handlers also get the (propagated) messages, each Lightning message would print twice. Drop Lightning's
+    handler when the root logger has one, so its messages also reach Hydra's log file in Hydra's format."""
+    import lightning  # noqa: F401 - adds the handler on first import
+
+    if logging.getLogger().handlers:
+        lightning_logger = logging.getLogger("lightning")
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
+
+
 def make_trainer(
     settings: SFTSettings, run_dir: Path, precision: str, loggers: list, metrics: StepMetrics, progress: bool
 ):
@@ -290,6 +302,7 @@ def train_sft(
     import lightning.pytorch as pl
     from lightning.pytorch.utilities import rank_zero_only
 
+    one_line_per_lightning_message()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = preflight(settings)
