@@ -254,6 +254,7 @@ def run_hf(cfg: DictConfig) -> Path:
         trainable_parameters=result.build_info.get("trainable_parameters"),
         trained_on_quantized_base=result.build_info.get("trained_on_quantized_base"),
         attn_implementation=result.build_info.get("attn_implementation"),
+        fused_lora_layers=result.build_info.get("fused_lora_layers"),
         merge_max_abs_logit_diff=result.build_info.get("merge_max_abs_logit_diff"),
         parent=parent.record() if parent else None,
         wandb_run_id=result.wandb_run_id,

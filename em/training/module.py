@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from em.api import ConfigError
 from em.training.collate import IGNORE_INDEX, block_causal_mask, logit_positions
+from em.training.fused_lora import fuse_lora_linears
 from em.training.packed_attention import PACKED_SDPA, use_packed_sdpa
 from em.training.settings import OptimizerSettings, SFTSettings
 
@@ -188,6 +189,7 @@ class SFTModule(pl.LightningModule):
         )
         if self.settings.packing:  # sdpa would compute (and mask) attention across a packed row's examples
             self.build_info["attn_implementation"] = use_packed_sdpa(self.model)
+        self.build_info["fused_lora_layers"] = fuse_lora_linears(self.model)
         self.model.train()  # from_pretrained leaves eval mode, which would switch LoRA dropout off
         # DDP would broadcast every parameter and buffer from rank 0 at start: the frozen base is loaded
         # identically on every rank, so only the adapter needs it.
