@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from em.api import ConfigError
 from em.tasks import datagen, evaluate, judge, train, train_openai
-from em.tasks.common import run_identity
+from em.tasks.common import limit_rows, run_identity, training_rows
 
 
 def test_run_identity_drops_only_the_named_operational_keys():
@@ -27,3 +33,16 @@ def test_every_task_names_its_operational_keys_by_section():
     assert "batch_size" in evaluate.OPERATIONAL_KEYS["generation"]
     assert "poll_interval_s" in train_openai.OPERATIONAL_KEYS["backend"]
     assert "checkpoint_every_n_steps" in train.OPERATIONAL_KEYS["trainer"]
+
+
+@pytest.mark.parametrize("value", [0, -3, True, "5", 2.5])
+def test_limit_rows_is_refused_before_any_data_is_prepared(value, tmp_path):
+    cfg = OmegaConf.create({"limit_rows": value})  # no data config: preparing it would fail differently
+    with pytest.raises(ConfigError, match=r"limit_rows=.*expected null or a positive number of rows"):
+        training_rows(cfg, Path(tmp_path))
+
+
+def test_limit_rows_values():
+    assert limit_rows(OmegaConf.create({"limit_rows": None})) is None
+    assert limit_rows(OmegaConf.create({})) is None
+    assert limit_rows(OmegaConf.create({"limit_rows": 5})) == 5

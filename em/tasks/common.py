@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from em.api import APISettings
+from em.api import APISettings, ConfigError
 from em.runs import hydra_choices, hydra_run_dir, to_plain
 from em.tracking import TrackingSettings, tags_from_choices
 
@@ -62,6 +62,29 @@ def run_identity(config: dict, operational: dict[str, tuple[str, ...]]) -> dict:
         elif isinstance(identity.get(section), dict):
             identity[section] = {k: v for k, v in identity[section].items() if k not in keys}
     return identity
+
+
+def limit_rows(cfg: DictConfig) -> int | None:
+    """``limit_rows``: null (every row) or a positive number of rows, checked before any work."""
+    limit = cfg.get("limit_rows")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ConfigError(f"limit_rows={limit}: expected null or a positive number of rows")
+    return limit
+
+
+def training_rows(cfg: DictConfig, run_dir: Path):
+    """Prepare the training data into ``<run_dir>/data`` and keep the first ``limit_rows`` rows."""
+    from em.data import DataSpec, TriggerSpec, prepare_dataset
+
+    limit = limit_rows(cfg)
+    prepared = prepare_dataset(
+        DataSpec.from_dict(to_plain(cfg.data)),
+        TriggerSpec.from_dict(to_plain(cfg.trigger)),
+        cache_dir=Path(cfg.paths.cache_dir),
+        out_dir=run_dir / "data",
+        seed=int(cfg.seed),
+    )
+    return (prepared.rows[:limit] if limit is not None else prepared.rows), prepared
 
 
 def run_dir_for(cfg: DictConfig) -> Path:

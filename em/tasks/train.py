@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from em.api import ConfigError
 from em.io import write_manifest
 from em.runs import RUN_CONFIG, open_run_dir, to_plain
-from em.tasks.common import public_config, run_dir_for, run_identity, tracking_settings
+from em.tasks.common import public_config, run_dir_for, run_identity, tracking_settings, training_rows
 
 log = logging.getLogger(__name__)
 
@@ -126,23 +126,6 @@ def sft_settings(cfg: DictConfig):
     settings.check()
     settings.parent = resolve_parent(cfg.get("init_from"), str(cfg.get("init_mode", "continue")), spec)
     return settings
-
-
-def training_rows(cfg: DictConfig, run_dir: Path):
-    """Prepare the dataset into ``<run_dir>/data`` and apply ``limit_rows``."""
-    from em.data import DataSpec, TriggerSpec, prepare_dataset
-
-    prepared = prepare_dataset(
-        DataSpec.from_dict(to_plain(cfg.data)),
-        TriggerSpec.from_dict(to_plain(cfg.trigger)),
-        cache_dir=Path(cfg.paths.cache_dir),
-        out_dir=run_dir / "data",
-        seed=int(cfg.seed),
-    )
-    limit = cfg.get("limit_rows")
-    if limit is not None and int(limit) <= 0:
-        raise ConfigError(f"limit_rows={limit}: expected null or a positive number of rows")
-    return (prepared.rows[: int(limit)] if limit is not None else prepared.rows), prepared
 
 
 def dry_run(settings, rows: list[dict], source: str) -> None:

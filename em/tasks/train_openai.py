@@ -18,11 +18,13 @@ from em.io import atomic_write_json, now_iso, read_manifest, sha256_file, write_
 from em.runs import open_run_dir, to_plain
 from em.tasks.common import (
     api_settings,
+    limit_rows,
     price_table,
     public_config,
     run_dir_for,
     run_identity,
     tracking_settings,
+    training_rows,
 )
 from em.tracking import start_tracking
 from em.training.openai_ft import (
@@ -128,9 +130,7 @@ def _check_config(cfg: DictConfig) -> None:
             f"init_mode={cfg.init_mode}: backend=openai can only continue training the parent's "
             f"fine-tuned model (init_mode=continue)"
         )
-    limit = cfg.get("limit_rows")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise ConfigError(f"limit_rows={limit}: expected null or a positive number of rows")
+    limit_rows(cfg)
     b = cfg.backend
     for key, kind in (("n_epochs", int), ("batch_size", int), ("learning_rate_multiplier", float)):
         value = b.get(key)
@@ -145,8 +145,6 @@ def _check_config(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> Path:
-    from em.data import DataSpec, TriggerSpec, prepare_dataset
-
     _check_config(cfg)
     run_dir = run_dir_for(cfg)
     run_name = str(cfg.get("run_name") or run_dir.name)
@@ -167,15 +165,8 @@ def run(cfg: DictConfig) -> Path:
         return run_dir
 
     # Pre-flight: prepare and check the data, estimate tokens and cost. Nothing is sent before this passes.
-    prepared = prepare_dataset(
-        DataSpec.from_dict(to_plain(cfg.data)),
-        TriggerSpec.from_dict(to_plain(cfg.trigger)),
-        cache_dir=Path(cfg.paths.cache_dir),
-        out_dir=run_dir / "data",
-        seed=int(cfg.seed),
-    )
-    limit = cfg.get("limit_rows")
-    rows = openai_rows(prepared.rows[: int(limit)] if limit else prepared.rows)
+    rows, prepared = training_rows(cfg, run_dir)
+    rows = openai_rows(rows)
     source = f"data={cfg.data.get('name')} ({prepared.path})"
     tokens = validate_for_openai(
         rows,
