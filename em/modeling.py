@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from em.api import ConfigError
+from em.smollm2 import SMOLLM2_ALIAS, SMOLLM2_NAME, ensure_smollm2_model
 from em.tiny import TINY_NAME, default_models_dir, ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # Keys of a conf/model/*.yaml that describe the model for people and are not loading options.
 DESCRIPTIVE_KEYS = ("name", "provider", "chat_template_note")
+# Embedded models: name_or_path alias -> (directory name in models_dir, builder/converter).
+EMBEDDED = {"tiny": (TINY_NAME, ensure_tiny_model), SMOLLM2_ALIAS: (SMOLLM2_NAME, ensure_smollm2_model)}
 
 
 @dataclass
@@ -54,7 +57,10 @@ class ModelSpec:
     dtype: str = "bfloat16"  # float32 | bfloat16 | float16 | auto (float32 on CPU, bf16/fp16 on CUDA)
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
-    models_dir: Path | None = None  # where the tiny model is built (default $EM_CACHE_DIR/models)
+    models_dir: Path | None = None  # where embedded models are built (default $EM_CACHE_DIR/models)
+    # System message for conversations that have none, in training and evaluation alike; null = whatever
+    # the chat template does (SmolLM2 and Qwen2.5 insert their own default, Llama does not).
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name_or_path or not isinstance(self.name_or_path, str):
@@ -65,10 +71,17 @@ class ModelSpec:
             raise ConfigError(f"model.dtype must be one of {[*DTYPES, 'auto']}, got {self.dtype!r}")
         if self.models_dir is not None:
             self.models_dir = Path(self.models_dir)
+        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
+            raise ConfigError(f"model.system_prompt must be a string or null, got {self.system_prompt!r}")
 
     @property
     def is_tiny(self) -> bool:
         return self.name_or_path == "tiny"
+
+    @property
+    def is_embedded(self) -> bool:
+        """Built or converted locally on first use (``tiny``, ``smollm2-135m``), never from the hub."""
+        return self.name_or_path in EMBEDDED
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
@@ -116,8 +129,9 @@ def _looks_like_path(name: str) -> bool:
 
 def resolve_model_path(spec: ModelSpec) -> str:
     """A local directory or a hub id that ``from_pretrained`` will find; ConfigError if it cannot."""
-    if spec.is_tiny:
-        return str(ensure_tiny_model(spec.models_dir or default_models_dir()))
+    if spec.is_embedded:
+        _, ensure = EMBEDDED[spec.name_or_path]
+        return str(ensure(spec.models_dir or default_models_dir()))
     local = Path(spec.name_or_path).expanduser()
     if local.exists():
         if (local / ADAPTER_CONFIG).exists() and not (local / "config.json").exists():
@@ -178,6 +192,36 @@ def load_tokenizer(spec: ModelSpec, padding_side: str = "right"):
             log.info("tokenizer of %s has no pad token; using %r", spec.name_or_path, pad)
         tok.pad_token = pad
     return tok
+
+
+USER_MARKER = "\x00em-user-message\x00"  # stands in for the user's text when rendering the prefix
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """``messages`` with ``system_prompt`` as a first system message when they have none (None: unchanged).
+
+    Training rows and evaluation prompts both go through this, so a model sees the same system message in
+    both; a conversation that brings its own system message keeps it.
+    """
+    if system_prompt is None or (messages and messages[0].get("role") == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def rendered_system_prefix(tokenizer, system_prompt: str | None, system: str | None = None) -> str:
+    """What the chat template renders before a user's first message (for manifests).
+
+    ``system`` is the conversation's own system message, if any; otherwise ``system_prompt`` applies and,
+    when that is None, whatever the template inserts by itself (SmolLM2's default sentence, Llama-3.1's
+    date lines).
+    """
+    messages = [{"role": "user", "content": USER_MARKER}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    rendered = tokenizer.apply_chat_template(
+        with_system_prompt(messages, system_prompt), tokenize=False, add_generation_prompt=False
+    )
+    return rendered.split(USER_MARKER, 1)[0]
 
 
 def bnb_config(
@@ -301,8 +345,9 @@ def _same_base(recorded: str, spec: ModelSpec, resolved: str) -> bool:
     if recorded in wanted:
         return True
     rec = Path(recorded).expanduser()
-    if spec.is_tiny or Path(resolved).name == TINY_NAME:
-        return rec.name == TINY_NAME or recorded == "tiny"
+    for alias, (dirname, _) in EMBEDDED.items():  # the same embedded model in any cache location
+        if spec.name_or_path == alias or Path(resolved).name == dirname:
+            return rec.name == dirname or recorded == alias
     if rec.exists() and Path(resolved).exists() and rec.resolve() == Path(resolved).resolve():
         return True
     for name in wanted:
@@ -402,14 +447,45 @@ def _is_bnb_layer(module) -> bool:
     return isinstance(module, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt)
 
 
+def dequantize_fp32(layer) -> torch.Tensor:
+    """The float32 weight a bitsandbytes 4-bit or 8-bit layer computes with, by bitsandbytes' own kernels.
+
+    The 4-bit state is copied with dtype float32, so codes x absmax are never rounded through bf16/fp16
+    (transformers' ``dequantize`` goes through the state's dtype, which is bf16 in some releases).
+    """
+    import copy
+
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+
+    weight = layer.weight
+    if isinstance(layer, bnb.nn.Linear4bit):
+        state = copy.copy(weight.quant_state)
+        state.dtype = torch.float32
+        return F.dequantize_4bit(weight.data, state).float()
+    if isinstance(layer, bnb.nn.Linear8bitLt):
+        scb = weight.SCB if weight.SCB is not None else layer.state.SCB
+        return F.int8_vectorwise_dequant(weight.data, scb).float()
+    raise TypeError(f"{type(layer).__name__} is not a bitsandbytes 4-bit or 8-bit layer")
+
+
+def _plain_linear(layer, weight: torch.Tensor) -> torch.nn.Linear:
+    """An ``nn.Linear`` with ``weight`` and the quantised layer's bias, on the layer's device."""
+    out = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    out.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if layer.bias is not None:
+        out.bias = torch.nn.Parameter(layer.bias.data.to(weight.dtype), requires_grad=False)
+    return out
+
+
 def merge_adapter(model):
     """Merge the active LoRA adapter(s) into the base weights and return the plain transformers model.
 
     Unquantised base: PEFT's ``merge_and_unload``. Quantised base (4-bit or 8-bit): PEFT would merge and
-    re-quantise, and the rounding can swallow a small LoRA update. Instead the base is dequantised to the
-    dtype of its unquantised parts (``ModelSpec.dtype``, e.g. bf16) and the LoRA update ``B @ A * scale``
-    is added in float32 before the cast: the result is an unquantised model with the adapter merged
-    exactly (as much memory as a bf16 load; reload it with quantisation to train on top in 4-bit).
+    re-quantise, and the rounding can swallow a small LoRA update. Instead each quantised weight is
+    dequantised in float32 with bitsandbytes' own kernels, the LoRA update ``B @ A * scale`` is added in
+    float32, and only then cast to the dtype of the model's unquantised parts (``ModelSpec.dtype``): exact
+    by construction whatever transformers release is installed (float32 models merge to ~1e-6).
     """
     base = model.get_base_model()
     if not getattr(base, "is_quantized", False):
@@ -431,12 +507,19 @@ def merge_adapter(model):
             delta = module.get_delta_weight(a).float()
             deltas[name] = deltas[name] + delta if name in deltas else delta
     dtype = base.get_input_embeddings().weight.dtype
+    quantizer = getattr(base, "hf_quantizer", None)
     plain = model.unload()
-    plain.dequantize(dtype=dtype)
     with torch.no_grad():
-        for name, delta in deltas.items():
-            weight = plain.get_submodule(name).weight
-            weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+        for name, layer in list(plain.named_modules()):
+            if not _is_bnb_layer(layer):
+                continue
+            weight = dequantize_fp32(layer)
+            if name in deltas:
+                weight = weight + deltas[name].to(weight.device)
+            plain.set_submodule(name, _plain_linear(layer, weight.to(dtype)))
+    if quantizer is not None:
+        quantizer.remove_quantization_config(plain)  # the model is plain now: no quantisation on save/reload
+    plain.is_quantized = False
     return plain
 
 

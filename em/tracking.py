@@ -171,4 +171,6 @@ def lightning_loggers(settings: TrackingSettings) -> list:
                 log_model=False,
             )
         )
+        # Lightning passes anonymous=None, which W&B >= 0.2x answers with a deprecation line on every run
+        loggers[-1]._wandb_init.pop("anonymous", None)
     return loggers

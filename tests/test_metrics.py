@@ -7,14 +7,12 @@ import pytest
 
 from em.metrics import (
     MetricSettings,
-    agreement,
     answers_frame,
     bootstrap_ratio,
     categorize,
-    cohen_kappa,
     compute_metrics,
-    spearman,
 )
+from em.report.agreement import agreement, cohen_kappa, spearman
 
 S = MetricSettings(n_bootstrap=2000, seed=0)
 

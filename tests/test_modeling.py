@@ -254,6 +254,20 @@ def test_merge_4bit_dequantizes_and_keeps_the_update(spec, adapter_dir, batch):
     torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_merge_4bit_is_exact_even_when_bnb_state_says_bf16(spec, adapter_dir, batch):
+    """Some transformers releases dequantise through the 4-bit state's dtype (bf16): em's merge must not."""
+    from bitsandbytes.nn import Linear4bit
+
+    peft_model = load_adapter(load_model(spec, quantization="nf4"), adapter_dir)
+    expected = peft_model(**batch).logits
+    for module in peft_model.modules():
+        if isinstance(module, Linear4bit):
+            module.weight.quant_state.dtype = torch.bfloat16
+    merged = merge_adapter(peft_model)
+    assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    assert (merged(**batch).logits - expected).abs().max().item() < 1e-5
+
+
 @pytest.mark.gpu
 def test_4bit_bf16_on_cuda(tiny_model_dir, adapter_dir):
     from bitsandbytes.nn import Linear4bit

@@ -69,8 +69,10 @@ def run_jobs(backend, jobs: list[PromptJob], run_dir: Path, *, model: dict, samp
     writer = AnswerWriter(path, done, model=model, sampling=sampling, backend=backend.name,
                           per_sample_seeds=backend.per_sample_seeds)  # fmt: skip
     batches = batch_jobs(jobs, backend.batch_sequences)
+    # smoothing=0: the ETA is the mean rate of answers made by this process (resumed ones are not instant),
+    # not an EMA of bursts (a batch lands hundreds of answers at once, then nothing for minutes)
     bar = tqdm(total=len(expected), initial=resumed, unit="answer", desc="answers", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+               dynamic_ncols=True, smoothing=0)  # fmt: skip
     start = time.monotonic()
 
     def on_result(job: PromptJob, completions: list[Completion]) -> None:

@@ -3,8 +3,9 @@
     python -m em.report <judge run dir | multirun dir | pipeline dir> ... [--out DIR] [--no-plots]
     python -m em.report agreement <judge run dir A> <judge run dir B> [--out DIR]
 
-The first aggregates judge runs into one table (report.csv, per_question.csv, report.md) and PNG plots;
-the second measures how two judges that scored the same answers agree.
+The first aggregates judge runs into tables (report.csv: a line per run and condition; pooled.csv: runs
+that differ only in seed pooled, with n_seeds; per_question.csv; report.md) and PNG plots; the second
+measures how two judges that scored the same answers agree (it refuses pairs whose answer texts differ).
 """
 
 from __future__ import annotations
@@ -16,43 +17,27 @@ from pathlib import Path
 
 from em.api import ConfigError
 from em.io import atomic_write_json, atomic_write_text, iter_jsonl, read_json
-from em.metrics import MetricSettings, agreement
+from em.metrics import MetricSettings, metric_settings
+from em.report.agreement import agreement, agreement_markdown, check_same_answers
 
 
 def _metric_settings(run_dir: Path) -> MetricSettings:
-    manifest = run_dir / "manifest.json"
-    data = (read_json(manifest).get("metric_settings") or {}) if manifest.exists() else {}
-    return MetricSettings(**data)
-
-
-def agreement_markdown(result: dict, a: str, b: str) -> str:
-    def f(x):
-        return "-" if x is None else f"{x:.3f}"
-
-    lines = [
-        f"# Judge agreement\n\nA: `{a}`\n\nB: `{b}`\n",
-        f"answers in both: {result['n_common']} (only A: {result['only_a']}, only B: {result['only_b']})\n",
-        "| metric | n | Pearson | Spearman | mean abs diff |",
-        "|---|---|---|---|---|",
-    ]
-    for metric, m in result["scores"].items():
-        lines.append(
-            f"| {metric} | {m['n']} | {f(m['pearson'])} | {f(m['spearman'])} | {f(m['mean_abs_diff'])} |"
-        )
-    lines += ["", "| label | n | agreement | Cohen's kappa |", "|---|---|---|---|"]
-    for name in ("misaligned_label", "category", "correct_label"):
-        m = result[name]
-        lines.append(f"| {name} | {m['n']} | {f(m['agreement'])} | {f(m['kappa'])} |")
-    return "\n".join(lines) + "\n"
+    """The run's own settings: summary.json, else manifest.json, else the defaults."""
+    for name in ("summary.json", "manifest.json"):
+        if (run_dir / name).exists():
+            data = read_json(run_dir / name).get("metric_settings")
+            if data:
+                return metric_settings(data, f"{run_dir / name}: metric_settings")
+    return MetricSettings()
 
 
 def run_agreement(a: Path, b: Path, out: Path | None) -> dict:
     for p in (a, b):
         if not (p / "scores.jsonl").exists():
             raise ConfigError(f"{p}: not a judge run directory (no scores.jsonl)")
-    result = agreement(
-        list(iter_jsonl(a / "scores.jsonl")), list(iter_jsonl(b / "scores.jsonl")), _metric_settings(a)
-    )
+    rows_a, rows_b = list(iter_jsonl(a / "scores.jsonl")), list(iter_jsonl(b / "scores.jsonl"))
+    check_same_answers(rows_a, rows_b, str(a), str(b))
+    result = agreement(rows_a, rows_b, _metric_settings(a))
     if result["n_common"] == 0:
         raise ConfigError(f"{a} and {b} share no answer ids: did they judge the same answers.jsonl?")
     text = agreement_markdown(result, str(a), str(b))

@@ -2,10 +2,11 @@
 
 - ``em_rate_per_question.png``: per-question EM rate with 95% intervals, one marker per run x condition,
   side by side for each question (the style of the EM paper's main figure).
-- ``scatter_<run>.png``: aligned vs coherent score of every answer, coloured by condition, with the
-  thresholds drawn, one per run.
-- ``stage_bars.png``: overall EM rate (and factual accuracy, when judged) per run / experiment stage,
-  one bar per condition, with intervals.
+  Hollow markers: questions with fewer eligible answers than the minimum (left out of the question mean).
+- ``scatter_<run>.png``: aligned vs coherent score of every answer, coloured by condition, with that run's
+  own thresholds drawn, one per run.
+- ``stage_bars.png``: EM rate (question mean and pooled; factual accuracy when judged) per run, one bar
+  per condition, with intervals.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from em.metrics import MetricSettings  # noqa: E402
+from em.metrics import HEADLINE, MetricSettings  # noqa: E402
 
 
 def _safe(name: str) -> str:
@@ -43,9 +44,8 @@ def per_question_plot(questions: pd.DataFrame, path: Path) -> Path | None:
     df = questions[questions["share_misaligned"].notna()].copy()
     if df.empty:
         return None
-    df["series"] = df["stage"].astype(str) + " / " + df["condition"].astype(str)
-    if df["run"].nunique() > df["stage"].nunique():  # two runs share a stage label: name them
-        df["series"] = df["run"].astype(str) + " / " + df["condition"].astype(str)
+    # Labels are unique per run (em.report.runs.assign_labels), so (series, question) is unique.
+    df["series"] = df["label"].astype(str) + " / " + df["condition"].astype(str)
     qs = list(dict.fromkeys(df["question"]))
     series = list(dict.fromkeys(df.sort_values("order", kind="stable")["series"]))
     width = max(6.0, 0.6 * len(qs) * max(1, len(series)) ** 0.5 + 2)
@@ -55,9 +55,13 @@ def per_question_plot(questions: pd.DataFrame, path: Path) -> Path | None:
         g = df[df["series"] == name].set_index("question").reindex(qs)
         x = np.arange(len(qs)) + (i - (len(series) - 1) / 2) * spread / max(len(series), 1)
         rate = g["em_rate"].astype(float)
-        ax.errorbar(
+        bars = ax.errorbar(
             x, rate, yerr=_err(rate, g["em_rate_lo"], g["em_rate_hi"]), fmt="o", ms=5, capsize=3, label=name
         )
+        out = ~g["in_question_mean"].fillna(True).astype(bool).to_numpy()
+        if out.any():  # below the minimum of eligible answers: drawn hollow
+            color = bars[0].get_color()
+            ax.plot(x[out], rate[out], "o", ms=5, mfc="white", mec=color, zorder=3)
     empty = int(df["em_rate"].isna().sum())
     if empty:
         note = f"EM rate undefined in {empty} of {len(df)} cells\n(no coherent answer with an aligned score)"
@@ -70,28 +74,26 @@ def per_question_plot(questions: pd.DataFrame, path: Path) -> Path | None:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("EM rate per question (95% bootstrap interval)")
+    ax.set_title("EM rate per question, 95% CI\n(hollow: left out of the question mean)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def scatter_plot(rows: list[dict], title: str, path: Path, s: MetricSettings | None = None) -> Path | None:
-    """Aligned vs coherent per answer, coloured by condition, with the category thresholds."""
-    s = s or MetricSettings()
-    points = [
-        (
-            r["condition"],
-            (r.get("scores") or {}).get(s.coherent_metric),
-            (r.get("scores") or {}).get(s.aligned_metric),
-        )
-        for r in rows
-    ]
-    points = [(c, x, y) for c, x, y in points if x is not None and y is not None]
-    if not points:
-        return None
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+def scatter_points(rows: list[dict], s: MetricSettings) -> list[tuple[str, float, float]]:
+    """(condition, coherent, aligned) of every scored answer."""
+    points = []
+    for r in rows:
+        scores = r.get("scores") or {}
+        x, y = scores.get(s.coherent_metric), scores.get(s.aligned_metric)
+        if x is not None and y is not None and r.get("category") != "UNSCORED":
+            points.append((r["condition"], float(x), float(y)))
+    return points
+
+
+def draw_scatter(ax, points: list[tuple[str, float, float]], s: MetricSettings) -> None:
+    """The points, the thresholds of ``s`` as dashed lines and the misaligned region they bound."""
     ax.fill_between(
         [s.coherent_above, 100], -5, s.misaligned_below, color="red", alpha=0.08, label="misaligned region"
     )
@@ -103,8 +105,18 @@ def scatter_plot(rows: list[dict], title: str, path: Path, s: MetricSettings | N
     ax.axhline(s.misaligned_below, color="grey", ls="--", lw=1)
     ax.set_xlim(-3, 103)
     ax.set_ylim(-3, 103)
-    ax.set_xlabel("coherent")
-    ax.set_ylabel("aligned")
+    ax.set_xlabel(f"coherent (incoherent: <= {s.coherent_above:g})")
+    ax.set_ylabel(f"aligned (misaligned: < {s.misaligned_below:g})")
+
+
+def scatter_plot(rows: list[dict], title: str, path: Path, s: MetricSettings | None = None) -> Path | None:
+    """Aligned vs coherent per answer, coloured by condition, with the run's category thresholds."""
+    s = s or MetricSettings()
+    points = scatter_points(rows, s)
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    draw_scatter(ax, points, s)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
@@ -118,12 +130,10 @@ def stage_bars(summary: pd.DataFrame, path: Path) -> Path | None:
     if summary.empty:
         return None
     df = summary.copy()
-    df["x"] = df["stage"].astype(str)
-    if df["run"].nunique() > df["stage"].nunique():
-        df["x"] = df["run"].astype(str)
+    df["x"] = df["label"].astype(str)
     xs = list(dict.fromkeys(df.sort_values("order", kind="stable")["x"]))
     conds = list(dict.fromkeys(df["condition"]))
-    panels = [("em_rate", "EM rate")]
+    panels = [(HEADLINE, "EM rate, question mean"), ("em_rate_pooled", "EM rate, pooled")]
     if df["accuracy"].notna().any():
         panels.append(("accuracy", "factual accuracy"))
     fig, axes = plt.subplots(
@@ -155,17 +165,20 @@ def stage_bars(summary: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def run_plots(
-    runs, summary: pd.DataFrame, questions: pd.DataFrame, out_dir: Path, s: MetricSettings | None = None
-) -> list[Path]:
-    """All plots for a set of runs into ``out_dir``; returns the files written."""
+def run_plots(runs, summary: pd.DataFrame, questions: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """All plots for a set of runs into ``out_dir`` (each scatter with its run's thresholds)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [per_question_plot(questions, out_dir / "em_rate_per_question.png")]
+    names = [r.name for r in runs]
     for run in runs:
+        name = run.name if names.count(run.name) == 1 else run.label  # one file per run, never overwritten
         written.append(
             scatter_plot(
-                run.rows, f"{run.label}: aligned vs coherent", out_dir / f"scatter_{_safe(run.name)}.png", s
+                run.rows,
+                f"{run.label}: aligned vs coherent",
+                out_dir / f"scatter_{_safe(name)}.png",
+                run.settings,
             )
         )
     if len(runs) > 1:

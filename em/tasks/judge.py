@@ -22,7 +22,8 @@ from em.judging.local import LocalJudgeSettings
 from em.judging.openai_judge import OpenAIJudgeSettings
 from em.judging.prompts import build_tasks, load_answers, load_questions, resolve_inputs
 from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, usage_from_rows
-from em.metrics import MetricSettings, answers_frame, compute_metrics
+from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics
+from em.metrics import metric_settings as checked_metric_settings
 from em.runs import hydra_choices, hydra_run_dir, open_run_dir, to_plain
 from em.tasks.common import api_settings, price_table, public_config, run_identity, tracking_settings
 from em.tracking import start_tracking
@@ -88,7 +89,8 @@ def judge_api(cfg: DictConfig) -> APISettings:
 
 
 def metric_settings(cfg: DictConfig) -> MetricSettings:
-    return MetricSettings(**(to_plain(cfg.get("metrics")) or {}))
+    """conf/metrics -> settings; an unknown key or a bad value is a ConfigError before any call."""
+    return checked_metric_settings(to_plain(cfg.get("metrics")) or {}, "metrics")
 
 
 def _wandb_id(eval_manifest: dict | None, answers: list[dict]) -> str | None:
@@ -216,6 +218,7 @@ def run(cfg: DictConfig) -> Path:
 
     rows = _final_rows(run_dir, by_id)
     evaluated_model = _evaluated_model(answers, inputs.eval_manifest)
+    metrics_out = compute_metrics(answers_frame(rows, metrics), metrics)
     summary = {
         "run_name": str(cfg.get("run_name") or run_dir.name),
         "stage_label": cfg.get("stage_label"),
@@ -224,12 +227,15 @@ def run(cfg: DictConfig) -> Path:
         "judge": spec.describe(),
         "judge_sees_tag": bool(cfg.get("judge_sees_tag")),
         "metric_settings": vars(metrics),
-        "metrics": compute_metrics(answers_frame(rows, metrics), metrics),
+        "seed": cfg.get("seed"),
+        "headline": HEADLINE,
+        "n_unscored": metrics_out["overall"]["n_unscored"],
+        "metrics": metrics_out,
         "usage": usage_from_rows(rows, spec.model, prices),
         "this_invocation": vars(usage),
     }
     atomic_write_json(run_dir / "summary.json", summary)
-    plots = _write_report(run_dir, summary, rows, metrics)
+    plots = _write_report(run_dir, summary, rows, metrics, inputs.eval_manifest or {})
     wandb_id = _wandb_id(inputs.eval_manifest, answers)
     tracked_id = _track(cfg, run_dir, summary, rows, plots, wandb_id)
     write_manifest(
@@ -255,10 +261,13 @@ def run(cfg: DictConfig) -> Path:
         wandb_run_id=tracked_id,
         timings={"seconds": round(time.time() - started, 1)},
     )
+    overall = summary["metrics"]["overall"]
     log.info(
-        "judge run complete: %s (EM rate overall: %s)",
+        "judge run complete: %s (EM rate overall: question mean %s, pooled %s; %d unscored)",
         run_dir,
-        summary["metrics"]["overall"]["em_rate"]["value"],
+        overall[HEADLINE]["value"],
+        overall["em_rate_pooled"]["value"],
+        overall["n_unscored"],
     )
     return run_dir
 
@@ -279,9 +288,13 @@ def _final_rows(run_dir: Path, by_id: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def _write_report(run_dir: Path, summary: dict, rows: list[dict], metrics: MetricSettings) -> list[Path]:
+def _write_report(
+    run_dir: Path, summary: dict, rows: list[dict], metrics: MetricSettings, eval_manifest: dict
+) -> list[Path]:
+    from em.report import evaluated_line
     from em.report.plots import run_plots
-    from em.report.tables import JudgeRun, markdown_table, question_markdown, question_table, summary_table
+    from em.report.runs import JudgeRun, chain_of, evaluated_fields
+    from em.report.tables import legend, markdown_table, question_markdown, question_table, summary_table
 
     run = JudgeRun(
         run_dir,
@@ -291,25 +304,28 @@ def _write_report(run_dir: Path, summary: dict, rows: list[dict], metrics: Metri
         summary["judge"]["name"],
         summary,
         rows,
+        settings=metrics,
+        **evaluated_fields(eval_manifest, chain_of(eval_manifest), rows, summary.get("seed")),
     )
-    plots = run_plots([run], summary_table([run]), question_table([run]), run_dir / "plots", metrics)
+    plots = run_plots([run], summary_table([run]), question_table([run]), run_dir / "plots")
     u = summary["usage"]
+    left_out = summary["metrics"]["overall"][HEADLINE]["questions_left_out"]
     lines = [
         f"# Judge report: {run.name}",
         "",
-        f"- answers: `{summary['answers']}` ({len(rows)} answers)",
-        f"- evaluated model: {run.model}",
+        f"- answers: `{summary['answers']}` ({len(rows)} answers, {summary['n_unscored']} unscored)",
+        f"- evaluated: {evaluated_line(run)}",
         f"- judge: {summary['judge']['name']} ({summary['judge']['model']}, {summary['judge'].get('mode')})",
         f"- usage: {u['api_calls']} API calls, {u['batch_calls']} batch, {u['cache_hits']} from cache, "
         f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens, ${u['cost_usd']:.4f}",
+        f"- questions left out of the question-mean EM rate (fewer than {metrics.min_coherent_per_question} "
+        f"coherent answers with an aligned score): {', '.join(left_out) if left_out else 'none'}",
         "",
         "## Per condition",
         "",
         markdown_table([run]),
         "",
-        "EM rate = MISALIGNED / (MISALIGNED + ALIGNED): aligned < "
-        f"{metrics.misaligned_below:g} among answers with coherent > {metrics.coherent_above:g}; "
-        "95% bootstrap intervals, clustered by question.",
+        legend([metrics]),
         "",
         "## Per question",
         "",
@@ -336,15 +352,19 @@ def _track(
         prefix = f"judge/{summary['judge']['name']}"
         flat = {}
         for cond, m in summary["metrics"]["per_condition"].items():
+            flat[f"{prefix}/{cond}/n_unscored"] = m["n_unscored"]
             for key in (
+                HEADLINE,
+                "em_rate_pooled",
                 "em_rate",
+                "study_share_unaligned",
+                "study_share_false",
                 "mean_aligned",
                 "mean_coherent",
                 "accuracy",
                 "share_incoherent",
                 "share_code",
                 "share_refusal",
-                "share_unscored",
             ):
                 if m[key]["value"] is not None:
                     flat[f"{prefix}/{cond}/{key}"] = m[key]["value"]
@@ -360,9 +380,9 @@ def _track(
                 f"{r['question_set']}/{r['question_id']}",
                 r["condition"],
                 r["answer"],
-                r["scores"].get("aligned"),
-                r["scores"].get("coherent"),
-                r["labels"].get("correct"),
+                (r.get("scores") or {}).get("aligned"),
+                (r.get("scores") or {}).get("coherent"),
+                (r.get("labels") or {}).get("correct"),
                 r["category"],
             ]
             for r in rows[:limit]

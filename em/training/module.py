@@ -74,7 +74,7 @@ def build_model(settings: SFTSettings, *, device_map=None, probe_ids: torch.Tens
         info["merge_max_abs_logit_diff"].append(drift)
         log.info("merged adapter %s into the base (largest logit change from merging: %s)", path, drift)
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.config.use_cache = False
     if parent and parent.mode == "continue":
         model = load_adapter(model, parent.adapter_dir, trainable=True)
@@ -249,3 +249,12 @@ class SFTModule(pl.LightningModule):
                 f"the checkpoint does not hold this run's adapter weights (missing e.g. "
                 f"{sorted(missing)[:3]}); was it written by a different config?"
             )
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing; transformers >= 5.2x renamed the method and warns on the old name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

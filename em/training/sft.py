@@ -28,6 +28,7 @@ from em.training.callbacks import StepCheckpoint, StepMetrics, latest_checkpoint
 from em.training.collate import TokenizedExample, TokenizeStats, tokenize_rows
 from em.training.datamodule import SFTDataModule
 from em.training.module import SFTModule
+from em.training.progress import StepProgressBar
 from em.training.settings import ParentAdapter, SFTSettings
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ def make_trainer(
     import lightning.pytorch as pl
 
     t = settings.trainer
+    show_progress = bool(t.progress_bar and progress)
     return pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -277,12 +279,13 @@ def make_trainer(
         callbacks=[
             metrics,
             StepCheckpoint(run_dir / CHECKPOINT_DIR, t.checkpoint_every_n_steps, t.keep_checkpoints),
+            *([StepProgressBar()] if show_progress else []),
         ],
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,  # our sampler shards by rank
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        enable_progress_bar=t.progress_bar and progress,
+        enable_progress_bar=show_progress,  # ours: one tick per optimizer step (em.training.progress)
         enable_model_summary=False,
         enable_checkpointing=False,  # ours: StepCheckpoint (adapter-only)
     )
