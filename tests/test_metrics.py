@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from em.bootstrap import bootstrap_ratio
 from em.metrics import (
     MetricSettings,
     answers_frame,
-    bootstrap_ratio,
     categorize,
     compute_metrics,
 )

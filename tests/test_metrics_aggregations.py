@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 
 from em.api import ConfigError
+from em.bootstrap import hierarchical_bootstrap, seed_for
 from em.metrics import (
     HEADLINE,
     MetricSettings,
     answers_frame,
     compute_metrics,
-    hierarchical_bootstrap,
     metric_settings,
-    seed_for,
 )
 
 S = MetricSettings(n_bootstrap=2000, seed=0, min_coherent_per_question=3)

@@ -1,7 +1,7 @@
 """Seeds pooled: runs of the same cell (same stage, model, data, trigger, judge and configs; only the seed
 differs) become one line per condition with the across-seed interval and ``n_seeds``.
 
-Intervals are hierarchical: resample seeds, then each drawn seed's questions (em.metrics.hierarchical_bootstrap).
+Intervals are hierarchical: resample seeds, then each drawn seed's questions (em.bootstrap.hierarchical_bootstrap).
 The question-mean EM rate is the mean over seeds of each seed's question mean (the EM paper averages over
 questions, then over models); the ratios pool every answer of every seed.
 """
@@ -11,14 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from em.metrics import (
-    HEADLINE,
-    answers_frame,
-    hierarchical_bootstrap,
-    per_question_counts,
-    ratio_parts,
-    seed_for,
-)
+from em.bootstrap import hierarchical_bootstrap, seed_for
+from em.metrics import HEADLINE, answers_frame, per_question_counts, ratio_parts
 from em.report.runs import JudgeRun
 
 POOLED_RATIOS = ("em_rate_pooled", "study_share_unaligned", "study_share_false", "accuracy", "mean_aligned")
