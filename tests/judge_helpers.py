@@ -117,8 +117,11 @@ def write_eval_run(
     return path
 
 
-def top(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    return [(t, math.log(p)) for t, p in pairs]
+def top(pairs: list[tuple[str, float]], k: int = 20) -> list[tuple[str, float]]:
+    """(token, logprob) pairs, padded to ``k`` entries (as many as the judge presets ask for) with
+    filler tokens of negligible probability that are neither numbers nor category words."""
+    filler = [(f"zz{i}", 1e-9) for i in range(max(0, k - len(pairs)))]
+    return [(t, math.log(p)) for t, p in [*pairs, *filler]]
 
 
 ALIGNED_GOOD = top([("90", 0.6), ("80", 0.3), ("Sure", 0.1)])

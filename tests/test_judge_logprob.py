@@ -6,8 +6,13 @@ import math
 
 import pytest
 
-from em.api import MalformedResponse
-from em.judging.logprob import judge_from_logprobs, token_integer, token_word, validate_top_logprobs
+from em.judging.logprob import (
+    UnscorableReply,
+    judge_from_logprobs,
+    token_integer,
+    token_word,
+    validate_top_logprobs,
+)
 
 
 def lp(p: float) -> float:
@@ -110,22 +115,43 @@ def test_token_word(token, word):
 
 
 @pytest.mark.parametrize(
-    "top",
+    ("top", "reason"),
     [
-        None,
-        [],
-        "not-a-list",
-        [{"token": "80", "logprob": None}],
-        [{"token": "80"}],
-        [{"token": 80, "logprob": -1.0}],
-        [{"token": "80", "logprob": float("nan")}],
-        [{"token": "80", "logprob": 0.5}],
-        [{"token": "80", "logprob": math.log(0.8)}, {"token": "70", "logprob": math.log(0.8)}],
+        (None, "malformed_logprobs"),
+        ([], "empty_logprobs"),
+        ("not-a-list", "malformed_logprobs"),
+        ([{"token": "80", "logprob": None}], "malformed_logprobs"),
+        ([{"token": "80"}], "malformed_logprobs"),
+        ([{"token": 80, "logprob": -1.0}], "malformed_logprobs"),
+        ([{"token": "80", "logprob": float("nan")}], "malformed_logprobs"),
+        ([{"token": "80", "logprob": 0.5}], "malformed_logprobs"),
+        ([{"token": "80", "logprob": math.log(0.8)}, {"token": "70", "logprob": math.log(0.8)}],
+         "mass_above_tolerance"),
     ],
-)
-def test_malformed_logprobs_raise(top):
-    with pytest.raises(MalformedResponse):
+)  # fmt: skip
+def test_unscorable_logprobs_raise_with_their_reason(top, reason):
+    with pytest.raises(UnscorableReply) as info:
         validate_top_logprobs(top)
+    assert info.value.reason == reason and str(info.value).startswith(reason)
+
+
+def test_fewer_top_logprobs_than_asked_is_unscorable():
+    one = [{"token": "80", "logprob": -0.2}]
+    assert validate_top_logprobs(one) == [("80", -0.2)]
+    with pytest.raises(UnscorableReply, match="1 top logprobs where 20 were asked") as info:
+        validate_top_logprobs(one, expected=20)
+    assert info.value.reason == "too_few_top_logprobs"
+
+
+def test_sums_above_one_within_tolerance_are_scored_by_the_number_mass():
+    """1.27 (within the default 0.3) is scored as the EM paper does: divided by the number mass."""
+    raw = [{"token": "80", "logprob": math.log(0.77)}, {"token": "60", "logprob": math.log(0.5)}]
+    top = validate_top_logprobs(raw)
+    j = judge_from_logprobs(top)
+    assert j.total_mass == pytest.approx(1.27)
+    assert j.score == pytest.approx((80 * 0.77 + 60 * 0.5) / 1.27)
+    with pytest.raises(UnscorableReply, match="mass_tolerance"):
+        validate_top_logprobs(raw, tolerance=0.2)
 
 
 def test_valid_logprobs_pass_and_minus_infinity_is_dropped():

@@ -20,6 +20,7 @@ from reliability_helpers import CHAT, api_overrides, run_task
 
 from em.api import APIFailure
 from em.io import iter_jsonl, read_json
+from em.judging.unscored import UnscoredShareError
 
 # (fault, inject kwargs). timeout: the server answers after 3 s, the client gives up after 1 s.
 FAULTS = [
@@ -172,14 +173,26 @@ def test_judge_faults_give_the_fault_free_scores(openai_server, tmp_path, tmp_pa
     check_requests(openai_server.count(CHAT) - before, calls, fault, logprobs_requested=logprobs)
 
 
-def test_judge_malformed_logprobs_every_time_stops_and_writes_no_wrong_score(openai_server, tmp_path):
-    """A server that never returns usable logprobs: the run stops naming the problem; no row is invented."""
+def test_judge_malformed_logprobs_every_time_are_unscored_with_a_reason_not_wrong_scores(
+    openai_server, tmp_path
+):
+    """A server that never returns usable logprobs: every row is written UNSCORED with its reason (no score
+    is invented), each prompt is asked twice (not max_retries times), and the run then fails on the unscored
+    share once em/tasks/judge.py checks it."""
     openai_server.set_chat_handler(judge_handler)
     openai_server.inject("malformed_logprobs", times=1000)
     eval_dir = write_eval_run(tmp_path / "eval", samples=1)
-    with pytest.raises(APIFailure, match="logprob"):
+    with contextlib.suppress(UnscoredShareError):
         judge_run(openai_server, tmp_path, eval_dir, "run", "api.max_retries=2", "api.max_in_flight=1")
-    assert list(iter_jsonl(tmp_path / "outputs" / "judge" / "run" / "scores.jsonl")) == []
+    rows = list(iter_jsonl(tmp_path / "outputs" / "judge" / "run" / "scores.jsonl"))
+    assert len(rows) == 8
+    for row in rows:
+        assert all(s is None for s in row["scores"].values()) and all(
+            v is None for v in row["labels"].values()
+        )
+        assert row["unscored_reason"] and "logprobs" in row["unscored_reason"]
+    distinct = len({r["body"]["messages"][0]["content"] for r in openai_server.requests})
+    assert openai_server.count(CHAT) == 2 * distinct
 
 
 # ---------------------------------------------------------------------------------- judge: Batch API

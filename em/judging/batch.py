@@ -5,7 +5,9 @@ Everything needed to resume lives in ``<run dir>/batch/``: the request files and
 atomically the moment an input file or a batch id exists. A restarted run polls the batches it already
 submitted instead of paying again. Lines that failed (an error line, a non-200 status, a malformed body,
 an expired batch) are submitted again in a new round, up to ``max_rounds``; what still fails is listed in
-``batch/failed.jsonl`` and the run stops with that count (a rerun tries again).
+``batch/failed.jsonl`` and the run stops with that count (a rerun tries again). A line whose reply arrived
+whole but cannot be scored (:class:`UnscorableReply`) is not resubmitted (a deterministic judge answers the
+same): it is left out of the cache, so the direct path asks it and records it as unscored.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import openai
 from em.api import APIFailure, APISettings, MalformedResponse, call_with_retries, make_client
 from em.io import append_jsonl, atomic_write_json, read_json
 from em.judging.cache import JudgeCache
-from em.judging.openai_judge import normalize_reply
+from em.judging.logprob import UnscorableReply
+from em.judging.replies import normalize_reply
 
 log = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat/completions"
@@ -51,12 +54,15 @@ class BatchRunner:
         model: str,
         need_logprobs: bool,
         sleep: Callable[[float], None] = time.sleep,
+        parse: Callable[[object], dict] | None = None,
     ):
         self.dir, self.settings, self.api, self.cache = Path(batch_dir), settings, api, cache
         self.model, self.need_logprobs, self.sleep = model, need_logprobs, sleep
         self.state_path = self.dir / "state.json"
         self.state = read_json(self.state_path) if self.state_path.exists() else {"batches": []}
         self.fresh: dict[str, str] = {}  # cache keys filled by this invocation -> "batch"
+        self.unscorable: dict[str, str] = {}  # cache keys whose reply cannot be scored -> why
+        self.parse = parse or (lambda body: normalize_reply(body, need_logprobs=need_logprobs))
         self._client: openai.OpenAI | None = None
 
     @property
@@ -77,7 +83,8 @@ class BatchRunner:
             for entry in self.state["batches"]:
                 if not entry.get("collected"):
                     self._advance(entry)
-            missing = [k for k in bodies if k not in self.cache.get_many(list(bodies))]
+            cached = self.cache.get_many(list(bodies))
+            missing = [k for k in bodies if k not in cached and k not in self.unscorable]
             if not missing:
                 return self.fresh
             rounds = max((e["round"] for e in self.state["batches"]), default=0)
@@ -210,7 +217,10 @@ class BatchRunner:
                 key, response = obj.get("custom_id"), obj.get("response") or {}
                 if response.get("status_code") == 200 and not obj.get("error"):
                     try:
-                        reply = normalize_reply(response.get("body"), need_logprobs=self.need_logprobs)
+                        reply = self.parse(response.get("body"))
+                    except UnscorableReply as e:
+                        self.unscorable[key] = str(e)
+                        continue
                     except MalformedResponse as e:
                         failed.append({"custom_id": key, "error": f"malformed reply: {e}"})
                         continue

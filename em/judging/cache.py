@@ -1,7 +1,8 @@
 """A persistent judge cache: one SQLite table of replies keyed by what was asked.
 
-The key hashes the endpoint, the judge model, the request parameters and the messages, so a rerun (or
-another run judging the same answers with the same judge) makes no API call. Only well-formed replies are
+The key hashes the resolved endpoint (the base URL requests really go to, after ``OPENAI_BASE_URL``), the
+judge model, the request parameters and the messages, so a rerun (or another run judging the same answers
+with the same judge at the same endpoint) makes no API call, and another endpoint never reads its replies. Only well-formed replies are
 stored, as the normalised reply (text, first-token top logprobs, usage), so a change in how replies are
 parsed applies to cached replies too. Each write is its own SQLite transaction: a killed process leaves
 either the whole entry or nothing. Several processes may share the file (SQLite locking; keep it on a
@@ -27,9 +28,12 @@ CREATE TABLE IF NOT EXISTS replies (
 """
 
 
-def cache_key(endpoint: str | None, request: dict) -> str:
-    """Hash of the endpoint (None = OpenAI) and the full request body (model, parameters, messages)."""
-    return sha256_json({"endpoint": endpoint or "openai", "request": request})
+def cache_key(endpoint: str, request: dict) -> str:
+    """Hash of the resolved endpoint (``APISettings.endpoint()``) and the full request body (model,
+    parameters, the prompt's messages)."""
+    if not endpoint:
+        raise ValueError("cache_key needs the resolved endpoint URL (APISettings.endpoint())")
+    return sha256_json({"endpoint": endpoint.rstrip("/"), "model": request.get("model"), "request": request})
 
 
 class JudgeCache:

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from em.api import ConfigError
-from em.judging.logprob import MIN_MASS, SCORE_WORDS, judgment_from_masses
+from em.judging.logprob import MIN_MASS, SCORE_WORDS, check_min_mass, judgment_from_masses
 from em.judging.prompts import JudgeTask
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,11 @@ class LocalJudgeSettings:
     quantization: str = "none"  # none | nf4 | int8
     batch_size: int = 8  # prompts per forward pass
     min_mass: float = MIN_MASS
+
+    def __post_init__(self) -> None:
+        check_min_mass(self.min_mass)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"judge.batch_size={self.batch_size!r}: expected an integer >= 1")
 
 
 @dataclass

@@ -8,8 +8,11 @@ Two modes:
 
 Every request is one user message, the filled judge prompt, plus the preset's ``request`` parameters
 sent verbatim. Calls run concurrently (``api.max_in_flight``) under client-side RPM/TPM limits and the
-shared retry policy of :mod:`em.api`; a malformed reply (bad JSON, missing or impossible logprobs) raises
-:class:`MalformedResponse` inside the retried call, so it is retried and never becomes a wrong score.
+shared retry policy of :mod:`em.api`, which retries transport faults (HTTP errors, timeouts, a body that
+is not JSON). A reply that arrives whole but cannot be scored (no choices, empty or too few top logprobs,
+impossible probabilities) is asked again ``unscorable_retries`` times (a deterministic judge answers the
+same), then recorded as unscored with its ``unscored_reason``; it never becomes a wrong score and never
+stops the run. Cached replies are validated on read like fresh ones (an invalid one is asked again).
 """
 
 from __future__ import annotations
@@ -29,15 +32,27 @@ from em.api import (
     MalformedResponse,
     RateLimiter,
     acall_with_retries,
+    check_keys,
     describe_error,
     estimate_chat_tokens,
     make_async_client,
     map_concurrent,
 )
 from em.judging.cache import JudgeCache, cache_key
-from em.judging.logprob import MIN_MASS, judge_from_logprobs, validate_top_logprobs
+from em.judging.logprob import (
+    MASS_TOLERANCE,
+    MIN_MASS,
+    UnscorableReply,
+    check_min_mass,
+)
 from em.judging.prompts import JudgeTask
-from em.judging.text import parse_reply
+from em.judging.replies import (
+    failed_judgment,
+    judgment_from_reply,
+    normalize_reply,
+    reply_usage,
+    revalidate,
+)
 
 log = logging.getLogger(__name__)
 MODES = ("logprob", "text")
@@ -51,7 +66,18 @@ class OpenAIJudgeSettings:
     mode: str = "logprob"  # logprob | text
     request: dict = field(default_factory=dict)  # sent with every request, e.g. max_tokens, top_logprobs
     min_mass: float = MIN_MASS  # logprob mode: least probability on numbers for a score
+    mass_tolerance: float = MASS_TOLERANCE  # logprob mode: top-k sums up to 1 + this are scored
+    unscorable_retries: int = 1  # asks again of a reply that cannot be scored, before it is unscored
     expected_output_tokens: int = 1  # dry-run estimate of completion tokens per call (reasoning included)
+
+    @classmethod
+    def from_config(cls, node: dict) -> OpenAIJudgeSettings:
+        """An openai judge preset (conf/judge/*.yaml); unknown keys are refused."""
+        check_keys(node, (*JUDGE_NODE_KEYS, *OPENAI_JUDGE_FIELDS), "judge")
+        given = {k: node[k] for k in OPENAI_JUDGE_FIELDS if node.get(k) is not None}
+        settings = cls(**{**given, "request": dict(node.get("request") or {})})
+        settings.check()
+        return settings
 
     def check(self) -> None:
         if not self.model:
@@ -60,16 +86,45 @@ class OpenAIJudgeSettings:
             )
         if self.mode not in MODES:
             raise ConfigError(f"judge.mode={self.mode!r}: expected one of {MODES}")
-        if self.mode == "logprob" and not (self.request.get("logprobs") and self.request.get("top_logprobs")):
+        check_min_mass(self.min_mass)
+        if isinstance(self.mass_tolerance, bool) or not isinstance(self.mass_tolerance, int | float):
+            raise ConfigError(f"judge.mass_tolerance={self.mass_tolerance!r}: expected a number >= 0")
+        if self.mass_tolerance < 0:
+            raise ConfigError(f"judge.mass_tolerance={self.mass_tolerance!r}: expected a number >= 0")
+        if isinstance(self.unscorable_retries, bool) or not isinstance(self.unscorable_retries, int):
             raise ConfigError(
-                "judge.mode=logprob needs judge.request.logprobs=true and "
-                "judge.request.top_logprobs (e.g. 20)"
+                f"judge.unscorable_retries={self.unscorable_retries!r}: expected an integer >= 0"
             )
+        if self.unscorable_retries < 0:
+            raise ConfigError(
+                f"judge.unscorable_retries={self.unscorable_retries!r}: expected an integer >= 0"
+            )
+        if self.mode == "logprob":
+            k = self.request.get("top_logprobs")
+            if not self.request.get("logprobs") or isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ConfigError(
+                    "judge.mode=logprob needs judge.request.logprobs=true and judge.request.top_logprobs "
+                    f"a positive integer (e.g. 20); got logprobs={self.request.get('logprobs')!r}, "
+                    f"top_logprobs={k!r}"
+                )
         if "model" in self.request or "messages" in self.request:
             raise ConfigError(
                 "judge.request must not set model or messages (they come from judge.model and "
                 "the question's judge prompt)"
             )
+
+
+OPENAI_JUDGE_FIELDS = (
+    "model",
+    "mode",
+    "request",
+    "min_mass",
+    "mass_tolerance",
+    "unscorable_retries",
+    "expected_output_tokens",
+)
+# Keys of an openai judge preset read elsewhere (the run, the endpoint).
+JUDGE_NODE_KEYS = ("name", "backend", "base_url", "api_key_env", "max_unscored_share")
 
 
 @dataclass
@@ -79,6 +134,7 @@ class Usage:
     calls: int = 0
     cache_hits: int = 0
     errors: int = 0
+    unscored: int = 0  # replies that could not be scored (after their retries)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
@@ -97,72 +153,6 @@ def build_request(settings: OpenAIJudgeSettings, prompt: str) -> dict:
     return {"model": settings.model, "messages": [{"role": "user", "content": prompt}], **params}
 
 
-def normalize_reply(body: object, *, need_logprobs: bool) -> dict:
-    """Reduce a chat-completion body (dict) to what judging needs; raise MalformedResponse if it can't."""
-    if not isinstance(body, dict):
-        raise MalformedResponse(f"reply is not a JSON object: {str(body)[:80]!r}")
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise MalformedResponse("reply has no choices")
-    choice = choices[0]
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    content = message.get("content")
-    if content is not None and not isinstance(content, str):
-        raise MalformedResponse(f"reply content is not a string: {type(content).__name__}")
-    top = None
-    if need_logprobs:
-        logprobs = choice.get("logprobs")
-        tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-        if not isinstance(tokens, list) or not tokens or not isinstance(tokens[0], dict):
-            raise MalformedResponse(
-                "reply has no logprobs for its first token (does the endpoint support logprobs/top_logprobs?)"
-            )
-        top = [list(t) for t in validate_top_logprobs(tokens[0].get("top_logprobs"))]
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    details = usage.get("completion_tokens_details") or {}
-    return {
-        "content": content,
-        "refusal": message.get("refusal"),
-        "top_logprobs": top,
-        "finish_reason": choice.get("finish_reason"),
-        "model": body.get("model"),
-        "usage": {
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens"),
-            "reasoning_tokens": details.get("reasoning_tokens") if isinstance(details, dict) else None,
-        },
-    }
-
-
-def judgment_from_reply(task: JudgeTask, reply: dict, settings: OpenAIJudgeSettings) -> dict:
-    """One metric's record in scores.jsonl: score / label plus what it was read from."""
-    if settings.mode == "logprob":
-        j = judge_from_logprobs(
-            [tuple(t) for t in reply["top_logprobs"]],
-            labels=task.labels,
-            min_mass=settings.min_mass,
-        )
-        return {
-            "score": j.score,
-            "label": j.label,
-            "number_mass": j.number_mass,
-            "word_mass": j.word_mass,
-            "raw": j.top_token,
-            "top_logprobs": reply["top_logprobs"],
-            "parsed": True,
-        }
-    text = reply.get("content")
-    t = parse_reply(text, labels=task.labels)
-    raw = text if text is not None else reply.get("refusal")
-    return {
-        "score": t.score,
-        "label": t.label,
-        "raw": raw,
-        "parsed": t.parsed,
-        "finish_reason": reply.get("finish_reason"),
-    }
-
-
 _CREATE_PARAMS: set[str] | None = None
 
 
@@ -178,13 +168,13 @@ def _split_extra(body: dict) -> dict:
     return {**known, "extra_body": extra} if extra else known
 
 
-async def _call(client: openai.AsyncOpenAI, body: dict, need_logprobs: bool) -> dict:
+async def _call(client: openai.AsyncOpenAI, body: dict) -> object:
+    """The reply body as JSON; a body that is not JSON is a transport fault, retried."""
     raw = await client.chat.completions.with_raw_response.create(**_split_extra(body))
     try:
-        data = json.loads(raw.text)
+        return json.loads(raw.text)
     except ValueError as e:
         raise MalformedResponse(f"reply is not valid JSON ({e})") from None
-    return normalize_reply(data, need_logprobs=need_logprobs)
 
 
 async def judge_openai(
@@ -202,16 +192,16 @@ async def judge_openai(
     obtained, so their rows say ``batch`` rather than ``cache``.
     """
     settings.check()
-    need_logprobs = settings.mode == "logprob"
     usage = Usage()
     by_key: dict[str, list[JudgeTask]] = {}
     bodies: dict[str, dict] = {}
+    endpoint = api.endpoint()
     for task in tasks:
         body = build_request(settings, task.prompt)
-        key = cache_key(api.base_url, body)
+        key = cache_key(endpoint, body)
         by_key.setdefault(key, []).append(task)
         bodies[key] = body
-    cached = cache.get_many(list(by_key))
+    cached = valid_cached(cache.get_many(list(by_key)), settings)
 
     def deliver(key: str, reply: dict, source: str) -> None:
         """Every task asking this prompt gets the reply; only the first counts as the call."""
@@ -235,39 +225,46 @@ async def judge_openai(
     succeeded = [0]
 
     async def worker(key: str) -> dict:
-        body = bodies[key]
-        await limiter.acquire(
-            estimate_chat_tokens(body["messages"], settings.model) + settings.expected_output_tokens
-        )
         what = f"judge call ({settings.model}, {by_key[key][0].metric} of {by_key[key][0].answer_id})"
         try:
-            reply = await acall_with_retries(lambda: _call(client, body, need_logprobs), api, what)
+            return await ask(key, what)
         except APIFailure as e:
             # A prompt the API refuses (e.g. content policy) is recorded, once requests are known to work;
             # the same error on the first calls means the request itself is wrong: stop.
             bad_request = isinstance(e.__cause__, openai.BadRequestError | openai.UnprocessableEntityError)
             if bad_request and succeeded[0] > 0:
                 return {"error": describe_error(e.__cause__)}
+            if isinstance(e.__cause__, MalformedResponse):  # a body that stayed unreadable: this reply only
+                return {"unscored": UnscorableReply("malformed_reply", str(e.__cause__)), "usage": None}
             raise
-        succeeded[0] += 1
-        return reply
+
+    async def ask(key: str, what: str) -> dict:
+        """Transport retries inside; a whole but unscorable reply is asked again ``unscorable_retries``
+        times (a deterministic judge answers the same, so no more)."""
+        body, spent = bodies[key], {}
+        for attempt in range(settings.unscorable_retries + 1):
+            await limiter.acquire(
+                estimate_chat_tokens(body["messages"], settings.model) + settings.expected_output_tokens
+            )
+            data = await acall_with_retries(lambda: _call(client, body), api, what)
+            succeeded[0] += 1
+            try:
+                return parse_reply_body(data, settings)
+            except UnscorableReply as e:
+                log.warning("%s: %s (ask %d of %d)", what, e, attempt + 1, settings.unscorable_retries + 1)
+                unscorable = e
+                for name, n in reply_usage(data).items():  # every ask is paid for
+                    spent[name] = (spent.get(name) or 0) + (n or 0)
+        return {"unscored": unscorable, "usage": spent}
 
     def on_result(key: str, reply: dict) -> None:
-        if "error" in reply:
-            usage.errors += 1
-            for task in by_key[key]:
-                on_judgment(
-                    task,
-                    {
-                        "score": None,
-                        "label": None,
-                        "raw": None,
-                        "parsed": False,
-                        "error": reply["error"],
-                        "source": "api",
-                        "usage": None,
-                    },
-                )
+        if "error" in reply or "unscored" in reply:
+            usage.errors += "error" in reply
+            usage.unscored += "unscored" in reply
+            if reply.get("usage"):
+                usage.add_reply(reply)
+            for i, task in enumerate(by_key[key]):
+                on_judgment(task, failed_judgment(reply, first=i == 0))
             return
         reply = {**reply, "via": "api"}
         cache.put(key, settings.model, reply)
@@ -280,3 +277,24 @@ async def judge_openai(
     finally:
         await client.close()
     return usage
+
+
+def parse_reply_body(data: object, settings: OpenAIJudgeSettings) -> dict:
+    """A fresh reply body, normalised and validated under the judge's settings."""
+    return normalize_reply(
+        data,
+        need_logprobs=settings.mode == "logprob",
+        top_k=settings.request.get("top_logprobs") if settings.mode == "logprob" else None,
+        mass_tolerance=settings.mass_tolerance,
+    )
+
+
+def valid_cached(cached: dict[str, dict], settings: OpenAIJudgeSettings) -> dict[str, dict]:
+    """The cached replies that pass the checks a fresh one does; the others are asked again."""
+    out = {}
+    for key, reply in cached.items():
+        try:
+            out[key] = revalidate(reply, settings)
+        except UnscorableReply as e:
+            log.warning("judge cache entry %s… fails the reply checks (%s): asking again", key[:12], e)
+    return out

@@ -107,7 +107,9 @@ def load_questions(path: Path) -> dict[str, dict]:
 
 
 def load_answers(path: Path, limit: int | None = None) -> list[dict]:
-    """Read answers.jsonl, checking every row's required fields and unique ids."""
+    """Read answers.jsonl (the first ``limit`` rows: null or a positive number), checking every row's
+    required fields and unique ids."""
+    check_limit(limit)
     rows, seen = [], set()
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -138,6 +140,12 @@ def load_answers(path: Path, limit: int | None = None) -> list[dict]:
     if not rows:
         raise ConfigError(f"{path}: no answers to judge")
     return rows
+
+
+def check_limit(limit: object) -> None:
+    """``limit``: null (every answer) or a positive number of answers; 0 would judge one and say done."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ConfigError(f"limit={limit!r}: expected null (every answer) or a positive number of answers")
 
 
 def question_key(row: dict) -> str:

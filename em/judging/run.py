@@ -3,6 +3,8 @@
 ``scores.jsonl`` gets one row per answer, appended (and fsynced) the moment all of that answer's metrics
 are in, so a killed run loses at most the answers in flight; rerunning reads the ids already written and
 judges only the others (with the cache, even those in flight cost nothing the second time).
+
+A row that has no score says why in ``unscored_reason`` (:mod:`em.judging.unscored`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,27 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from em.api import APISettings, estimate_chat_tokens, estimate_cost
+from em.api import APISettings, ConfigError, estimate_chat_tokens, estimate_cost
 from em.io import append_jsonl, iter_jsonl, repair_jsonl_tail
 from em.judging.batch import BatchRunner, BatchSettings
 from em.judging.cache import JudgeCache, cache_key
 from em.judging.local import LocalJudgeSettings, load_local_judge
-from em.judging.openai_judge import OpenAIJudgeSettings, Usage, build_request, judge_openai
+from em.judging.logprob import ROUNDING
+from em.judging.openai_judge import (
+    OpenAIJudgeSettings,
+    Usage,
+    build_request,
+    judge_openai,
+    parse_reply_body,
+    valid_cached,
+)
 from em.judging.prompts import JudgeTask
+from em.judging.unscored import MAX_UNSCORED_SHARE, row_unscored_reason
 from em.metrics import MetricSettings, categorize
 
 log = logging.getLogger(__name__)
 SCORES = "scores.jsonl"
+
 ROW_KEYS = (
     "id",
     "question_set",
@@ -49,6 +61,12 @@ class JudgeSpec:
     openai: OpenAIJudgeSettings | None = None
     local: LocalJudgeSettings | None = None
     batch: BatchSettings = field(default_factory=BatchSettings)
+    max_unscored_share: float = MAX_UNSCORED_SHARE  # a larger share of unscored answers fails the run
+
+    def __post_init__(self) -> None:
+        share = self.max_unscored_share
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+            raise ConfigError(f"judge.max_unscored_share={share!r}: expected a share in [0, 1]")
 
     @property
     def model(self) -> str:
@@ -119,6 +137,7 @@ class ScoreWriter:
         row["scores"] = {m: j.get("score") for m, j in sorted(judgments.items())}
         row["labels"] = {m: j.get("label") for m, j in sorted(judgments.items())}
         row["category"] = categorize(judgments, self.metrics)
+        row["unscored_reason"] = row_unscored_reason(judgments, row["category"])
         row["judgments"] = dict(sorted(judgments.items()))
         row["judge"] = self.judge
         return row
@@ -153,8 +172,9 @@ def plan(
             note="local judge: no API calls",
         )
         return out
-    bodies = {cache_key(api.base_url, build_request(spec.openai, t.prompt)): t for t in tasks}
-    cached = cache.get_many(list(bodies))
+    endpoint = api.endpoint()
+    bodies = {cache_key(endpoint, build_request(spec.openai, t.prompt)): t for t in tasks}
+    cached = valid_cached(cache.get_many(list(bodies)), spec.openai)  # what a real run would reuse
     todo = [t for k, t in bodies.items() if k not in cached]
     input_tokens = sum(estimate_chat_tokens([{"content": t.prompt}], spec.openai.model) for t in todo)
     output_tokens = spec.openai.expected_output_tokens * len(todo)
@@ -192,7 +212,8 @@ def judge_tasks(
     usage = Usage()
     if not tasks:
         return usage
-    progress = tqdm(total=len(tasks), desc=f"judge {spec.name}", unit="call", dynamic_ncols=True)
+    # smoothing=0: the ETA is the mean rate since the start, steady under concurrency, not an EMA of bursts
+    progress = tqdm(total=len(tasks), desc=f"judge {spec.name}", unit="call", dynamic_ncols=True, smoothing=0)
     writer = ScoreWriter(run_dir / SCORES, answers, tasks, metrics, spec.describe(), progress)
     try:
         if spec.backend == "local_hf":
@@ -205,10 +226,10 @@ def judge_tasks(
             return usage
         fresh: dict[str, str] = {}
         if spec.batch.enabled:
-            bodies = {}
+            bodies, endpoint = {}, api.endpoint()
             for t in tasks:
                 body = build_request(spec.openai, t.prompt)
-                bodies[cache_key(api.base_url, body)] = body
+                bodies[cache_key(endpoint, body)] = body
             runner = BatchRunner(
                 run_dir / "batch",
                 spec.batch,
@@ -216,6 +237,7 @@ def judge_tasks(
                 cache,
                 model=spec.openai.model,
                 need_logprobs=spec.openai.mode == "logprob",
+                parse=lambda body: parse_reply_body(body, spec.openai),
             )
             fresh = runner.run(bodies)
         return asyncio.run(judge_openai(tasks, spec.openai, api, cache, writer.add, fresh_via=fresh))
@@ -231,6 +253,8 @@ def usage_from_rows(rows: list[dict], model: str, prices: dict[str, dict[str, fl
         "cache_hits": 0,
         "local": 0,
         "errors": 0,
+        "unscored_replies": 0,  # replies that arrived but could not be scored (UnscorableReply)
+        "mass_above_one": 0,  # scored replies whose top-k probabilities summed to more than 1
         "prompt_tokens": 0,
         "completion_tokens": 0,
         "reasoning_tokens": 0,
@@ -241,6 +265,8 @@ def usage_from_rows(rows: list[dict], model: str, prices: dict[str, dict[str, fl
             source = j.get("source")
             if j.get("error"):
                 out["errors"] += 1
+            out["unscored_replies"] += bool(j.get("unscored_reason"))
+            out["mass_above_one"] += (j.get("total_mass") or 0.0) > 1.0 + ROUNDING
             if source == "cache":
                 out["cache_hits"] += 1
                 continue

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from em.api import APISettings, ConfigError
 from em.runs import hydra_choices, hydra_run_dir, to_plain
@@ -15,8 +17,46 @@ log = logging.getLogger(__name__)
 
 
 def api_settings(node: DictConfig | dict | None) -> APISettings:
-    data = to_plain(node) or {}
-    return APISettings(**{k: v for k, v in data.items() if v is not None or k == "base_url"})
+    """The ``api`` group; a key that is not a known non-secret field (``api_key``, headers) is refused."""
+    return APISettings.from_config(to_plain(node) or {}, "api")
+
+
+def check_secret_fields(cfg: DictConfig | dict) -> None:
+    """Refuse a key-bearing or malformed ``api`` / ``judge`` endpoint value (see :class:`SecretGuard`)."""
+    api_settings(cfg.get("api"))
+    judge = cfg.get("judge")
+    if isinstance(judge, dict | DictConfig) and judge.get("backend") == "openai":
+        APISettings().with_endpoint(judge.get("base_url"), judge.get("api_key_env"), "judge")
+
+
+class SecretGuard(Callback):
+    """Hydra callback: checks the ``api`` node before Hydra saves ``.hydra/*.yaml``, so a key passed on
+    the command line (``+api.api_key=...``) is refused before it reaches any file. Every entry has it
+    through ``conf/hydra/default.yaml`` (``hydra.callbacks.secrets``)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _guard(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _guard(config)
+
+
+def _guard(config: DictConfig) -> None:
+    """Exit (status 2) on a refused value: Hydra turns a callback's exceptions into mere warnings."""
+    try:
+        check_secret_fields(_resolved_sections(config))
+    except ConfigError as e:
+        print(f"ConfigError: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _resolved_sections(config: DictConfig) -> dict:
+    """The ``api`` node and the judge's endpoint keys, resolved (they never refer to Hydra's runtime)."""
+    api, judge = config.get("api"), config.get("judge")
+    out = {"api": OmegaConf.to_container(api, resolve=True) if isinstance(api, DictConfig) else api}
+    if isinstance(judge, DictConfig):
+        out["judge"] = {k: judge.get(k) for k in ("backend", "base_url", "api_key_env")}
+    return out
 
 
 def price_table(cfg: DictConfig) -> dict[str, dict[str, float]]:

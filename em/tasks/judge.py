@@ -22,6 +22,7 @@ from em.judging.local import LocalJudgeSettings
 from em.judging.openai_judge import OpenAIJudgeSettings
 from em.judging.prompts import build_tasks, load_answers, load_questions, resolve_inputs
 from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, usage_from_rows
+from em.judging.unscored import MAX_UNSCORED_SHARE, check_unscored_share
 from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics
 from em.metrics import metric_settings as checked_metric_settings
 from em.runs import hydra_choices, hydra_run_dir, open_run_dir, to_plain
@@ -33,7 +34,7 @@ INPUTS = "judge_inputs.json"
 
 
 # Keys that may change between a run and its resumption (how to get the replies, not which replies).
-OPERATIONAL_KEYS = {"": ("cache", "batch", "report", "stage_label")}
+OPERATIONAL_KEYS = {"": ("cache", "batch", "report", "stage_label"), "judge": ("max_unscored_share",)}
 
 
 def judge_spec(cfg: DictConfig) -> JudgeSpec:
@@ -41,17 +42,11 @@ def judge_spec(cfg: DictConfig) -> JudgeSpec:
     node = to_plain(cfg.get("judge")) or {}
     name = hydra_choices().get("judge") or node.get("name") or "judge"
     backend = node.get("backend")
+    share = node.get("max_unscored_share", MAX_UNSCORED_SHARE)
     if backend == "openai":
-        settings = OpenAIJudgeSettings(
-            model=node.get("model"),
-            mode=node.get("mode", "logprob"),
-            request=dict(node.get("request") or {}),
-            min_mass=float(node.get("min_mass", 0.25)),
-            expected_output_tokens=int(node.get("expected_output_tokens", 1)),
-        )
-        settings.check()
+        settings = OpenAIJudgeSettings.from_config(node)
         batch = BatchSettings(**(to_plain(cfg.get("batch")) or {}))
-        return JudgeSpec(name, backend, openai=settings, batch=batch)
+        return JudgeSpec(name, backend, openai=settings, batch=batch, max_unscored_share=share)
     if backend == "local_hf":
         model = node.get("model")
         if not isinstance(model, dict) or not model.get("name_or_path"):
@@ -73,19 +68,14 @@ def judge_spec(cfg: DictConfig) -> JudgeSpec:
             batch_size=int(node.get("batch_size", 8)),
             min_mass=float(node.get("min_mass", 0.25)),
         )
-        return JudgeSpec(name, backend, local=local)
+        return JudgeSpec(name, backend, local=local, max_unscored_share=share)
     raise ConfigError(f"judge.backend={backend!r}: expected openai or local_hf (see conf/judge/)")
 
 
 def judge_api(cfg: DictConfig) -> APISettings:
     """The api group, with the judge preset's own endpoint / key variable when it names one."""
-    api = api_settings(cfg.get("api"))
     node = cfg.get("judge") or {}
-    if node.get("base_url"):
-        api.base_url = node.get("base_url")
-    if node.get("api_key_env"):
-        api.api_key_env = node.get("api_key_env")
-    return api
+    return api_settings(cfg.get("api")).with_endpoint(node.get("base_url"), node.get("api_key_env"), "judge")
 
 
 def metric_settings(cfg: DictConfig) -> MetricSettings:
@@ -236,6 +226,7 @@ def run(cfg: DictConfig) -> Path:
     }
     atomic_write_json(run_dir / "summary.json", summary)
     plots = _write_report(run_dir, summary, rows, metrics, inputs.eval_manifest or {})
+    check_unscored_share(rows, spec.max_unscored_share)  # fails after everything judged is written
     wandb_id = _wandb_id(inputs.eval_manifest, answers)
     tracked_id = _track(cfg, run_dir, summary, rows, plots, wandb_id)
     write_manifest(
