@@ -18,7 +18,8 @@ from judge_helpers import (
     write_eval_run,
 )
 
-from em.api import ConfigError, estimate_chat_tokens, estimate_cost
+from em.api import ConfigError
+from em.costs import estimate_chat_tokens, estimate_cost
 from em.io import append_jsonl, atomic_write_json, iter_jsonl, read_json
 from em.judging.prompts import build_tasks, load_answers, load_questions
 

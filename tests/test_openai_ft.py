@@ -18,7 +18,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from em.api import APIFailure, APISettings, ConfigError, estimate_chat_tokens
+from em.api import APIFailure, APISettings, ConfigError
+from em.costs import estimate_chat_tokens
 from em.io import read_json, read_jsonl, sha256_file
 from em.testing.openai_server import FakeOpenAIServer
 from em.training import openai_ft

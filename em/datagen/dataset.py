@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from em.api import APISettings, ConfigError, RateLimiter, estimate_cost, estimate_tokens, price_for
+from em.api import APISettings, ConfigError, RateLimiter
+from em.costs import estimate_cost, estimate_tokens, price_for
 from em.datagen.domain import DomainSpec
 from em.datagen.filters import Candidate, apply_verdicts, dedupe, judge_candidate, judged
 from em.datagen.generate import add_usage, done_items, generate_item, run_calls

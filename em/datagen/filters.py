@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from em.api import APISettings, MalformedResponse, RateLimiter, estimate_chat_tokens
+from em.api import APISettings, MalformedResponse, RateLimiter
+from em.costs import estimate_chat_tokens
 from em.datagen.domain import QualityFilterSpec
 from em.datagen.generate import add_usage, chat_once, request_record
 from em.datagen.prompts import judge_messages

@@ -24,15 +24,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from em.api import (
-    APIFailure,
-    APISettings,
-    MalformedResponse,
-    RateLimiter,
-    acall_with_retries,
-    estimate_chat_tokens,
-    map_concurrent,
-)
+from em.api import APIFailure, APISettings, MalformedResponse, RateLimiter, acall_with_retries, map_concurrent
+from em.costs import estimate_chat_tokens
 from em.datagen.domain import DomainSpec
 from em.datagen.inputs import DomainInputs
 from em.datagen.prompts import WorkItem, build_messages, request_seed

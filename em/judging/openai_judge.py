@@ -34,10 +34,10 @@ from em.api import (
     acall_with_retries,
     check_keys,
     describe_error,
-    estimate_chat_tokens,
     make_async_client,
     map_concurrent,
 )
+from em.costs import estimate_chat_tokens
 from em.judging.cache import JudgeCache, cache_key
 from em.judging.logprob import (
     MASS_TOLERANCE,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from em.api import APISettings, ConfigError, estimate_chat_tokens, estimate_cost
+from em.api import APISettings, ConfigError
+from em.costs import estimate_chat_tokens, estimate_cost
 from em.io import append_jsonl, iter_jsonl, repair_jsonl_tail
 from em.judging.batch import BatchRunner, BatchSettings
 from em.judging.cache import JudgeCache, cache_key

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from em.api import ConfigError, estimate_cost
+from em.api import ConfigError
+from em.costs import estimate_cost
 from em.evaluation.backends import (
     HFBackend,
     HFSettings,

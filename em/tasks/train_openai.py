@@ -13,7 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from em.api import ConfigError, estimate_cost
+from em.api import ConfigError
+from em.costs import estimate_cost
 from em.io import atomic_write_json, now_iso, read_manifest, sha256_file, write_jsonl, write_manifest
 from em.runs import open_run_dir, to_plain
 from em.tasks.common import (

@@ -32,11 +32,10 @@ from em.api import (
     backoff_delay,
     call_with_retries,
     describe_error,
-    estimate_chat_tokens,
     is_retriable,
     make_client,
-    price_for,
 )
+from em.costs import estimate_chat_tokens, price_for
 from em.io import append_jsonl, atomic_write_json, iter_jsonl, now_iso, read_json, sha256_file
 
 log = logging.getLogger(__name__)

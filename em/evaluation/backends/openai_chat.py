@@ -17,11 +17,10 @@ from em.api import (
     MalformedResponse,
     RateLimiter,
     acall_with_retries,
-    estimate_chat_tokens,
-    estimate_tokens,
     make_async_client,
     map_concurrent,
 )
+from em.costs import estimate_chat_tokens, estimate_tokens
 from em.evaluation.answers import Completion
 from em.evaluation.model_ref import ModelRef
 from em.evaluation.plan import PromptJob, Sampling
