@@ -10,7 +10,7 @@ UV ?= uv==0.13.9
 # requirements.lock pins torch for every machine (tools/lock/torch.txt): PyPI's build is CUDA; where the
 # CPU build of the same version lies on disk (CI's /opt/wheels), pip takes that one.
 
-.PHONY: setup setup-vllm demo test test-fast lint format bench lock lock-check gpu-check clean-outputs
+.PHONY: setup setup-vllm demo test test-fast lint format bench lock lock-check gpu-check gpu-wheels clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -74,6 +74,15 @@ format: setup
 bench: setup
 	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,bench]"
 	$(PY) -m bench.run_all
+
+# The GPU check (docs/benchmarks.md, "GPU check"): on the GPU machine there is no venv, so it runs with the
+# image's python3 and installs the wheels `make gpu-wheels` downloaded here (carried as .whl/).
+GPU_CHECK_OUT ?= outputs/bench/gpu-check
+gpu-check:
+	$(PYTHON) -m bench.gpu_check --wheels .whl --out $(GPU_CHECK_OUT)
+
+gpu-wheels: setup
+	$(PY) -m bench.gpu_wheels --out .whl
 
 clean-outputs:
 	rm -rf outputs multirun wandb lightning_logs

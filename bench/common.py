@@ -146,3 +146,9 @@ def fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def write_result_in(directory: Path, name: str, result: dict) -> Path:
+    """``<directory>/<name>.json`` (atomic), with the load average at the end added (as :func:`write_result`)."""
+    result = {**result, "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+    return atomic_write_json(Path(directory) / f"{name}.json", result)

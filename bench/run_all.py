@@ -4,9 +4,9 @@
     python -m bench.run_all --write-docs         # ... then rewrite the results block of docs/benchmarks.md
     python -m bench.run_all --no-run --write-docs   # only re-render from outputs/bench/*.json
 
-GPU benchmarks are separate commands (see docs/benchmarks.md); their rows read "not measured yet" until a
-result file from a GPU run (``train_throughput-cuda.json``, ``generation-cuda.json``, ``memory-cuda.json``)
-is in the results directory.
+GPU figures come from ``python -m bench.gpu_check`` on a GPU machine (see docs/benchmarks.md); their rows read
+"not measured yet" until its result files (``train_throughput-cuda.json``, ``memory-cuda.json``,
+``generation-cuda.json``, ``gpu_tests-cuda.json``, ...) are in the results directory (``--results DIR``).
 """
 
 from __future__ import annotations
@@ -15,14 +15,19 @@ import argparse
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import generation, judging, train_throughput
 from bench.common import REPO_ROOT, fmt, read_results, results_dir, set_bench_env
+from bench.gpu_check import render as gpu
 
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
-NOT_MEASURED = "not measured yet"
+GPU_BEGIN, GPU_END = "<!-- bench:gpu:begin -->", "<!-- bench:gpu:end -->"
+NOT_MEASURED = gpu.NOT_MEASURED
+# Training targets: the CPU benchmark's, and issue 20's em >= 2x TRL's study configuration on 8B QLoRA.
+DEFAULT_RATIO = {"cpu": 1.3, "cuda": 2.0}
 CPU_BENCHMARKS = {
     "train": (train_throughput.main, ["--repeats", "2"]),
     "generation": (generation.main, []),
@@ -47,11 +52,14 @@ def summary_rows(res: dict) -> list[list[str]]:
     rows = []
     for device, label in (("cpu", "CPU, ~30M-param Llama"), ("cuda", "GPU, Llama-3.1-8B shapes")):
         r = res.get(f"train_throughput-{device}")
+        ratio = ((r or {}).get("targets") or {}).get("ratio", DEFAULT_RATIO[device])
+        target = f"≥ {ratio:g}x, padding < 5%"
         for key, mode in (("em", "packing=true, the default"), ("em_padded", "packing=false")):
             name = f"Training: em ({mode}) vs TRL, real tokens/s ({label})"
             side = (r or {}).get(key)
             if side is None:
-                rows.append([name, NOT_MEASURED, "≥ 1.3x, padding < 5%", "", ""])
+                missing = gpu.missing(res, "train_throughput") if device == "cuda" else NOT_MEASURED
+                rows.append([name, missing, target, "", ""])
                 continue
             trl = r["trl"]
             if key == "em":
@@ -64,7 +72,7 @@ def summary_rows(res: dict) -> list[list[str]]:
                 f"{trl['padding_fraction']:.1%}; {loss}"
             )
             met = side["ratio_met"] and side["padding_met"]
-            rows.append([name, measured, "≥ 1.3x, padding < 5%", _yes(met), _machine(r)])
+            rows.append([name, measured, target, _yes(met), _machine(r)])
     for device in ("cpu", "cuda"):
         r = res.get(f"generation-{device}")
         if device == "cpu":
@@ -82,7 +90,9 @@ def summary_rows(res: dict) -> list[list[str]]:
         name = f"Generation: vLLM vs hf batched ({label})"
         target = "(target applies on GPU)" if device == "cpu" else "≥ 5x"
         if r is None or r.get("ratio_vllm_vs_hf_batched") is None:
-            rows.append([name, NOT_MEASURED, target, "", ""])
+            rows.append(
+                [name, gpu.vllm_gpu_measured(res) if device == "cuda" else NOT_MEASURED, target, "", ""]
+            )
         else:
             s = r["sides"]
             measured = (
@@ -128,12 +138,14 @@ def summary_rows(res: dict) -> list[list[str]]:
     r = res.get("memory-cuda")
     name = "Memory: peak GPU memory, 8B QLoRA, 2 x 2048 tokens"
     if r is None:
-        rows.append([name, NOT_MEASURED, "< 16 GiB", "", ""])
+        rows.append([name, gpu.missing(res, "memory"), "< 16 GiB", "", ""])
     else:
         s = r["sides"]
         measured = ", ".join(f"{side} {v['peak_memory_gib']:.2f} GiB" for side, v in s.items())
-        rows.append([name, measured, "< 16 GiB", _yes(r["targets"]["met"]), _machine(r)])
-    return rows
+        rows.append(
+            [name, measured + gpu.memory_extra(r), "< 16 GiB", _yes(r["targets"]["met"]), _machine(r)]
+        )
+    return rows + gpu.gpu_rows(res)
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -146,6 +158,7 @@ def training_details(r: dict) -> str:
     w, d, loss = r["workload"], r["data"], r["loss"]
     cols = [("em, packed", r["em"])] + ([("em, packing=false", r["em_padded"])] if "em_padded" in r else [])
     cols.append(("TRL", r["trl"]))
+    cols += [(gpu.EXTRA_LABELS.get(k, k), side) for k, side in (r.get("extra_sides") or {}).items()]
 
     def row(label, fn):
         return [label] + [fn(side) for _, side in cols]
@@ -269,9 +282,7 @@ def render(res: dict) -> str:
     ]
     details = [
         (training_details, "train_throughput-cpu"),
-        (training_details, "train_throughput-cuda"),
         (generation_details, "generation-cpu"),
-        (generation_details, "generation-cuda"),
         (judging_details, "judging"),
     ]
     for fn, name in details:
@@ -281,14 +292,47 @@ def render(res: dict) -> str:
     return "\n".join(parts)
 
 
-def write_docs(res: dict, path: Path = DOC) -> Path:
+def render_gpu(res: dict) -> str:
+    """The GPU check's block: the GPU machine, training and generation details, tests, parity, the run."""
+    found = {k: v for k, v in res.items() if k.endswith("-cuda")}
+    parts = [
+        GPU_BEGIN,
+        "<!-- generated by `python -m bench.run_all --write-docs` from the GPU check's files -->",
+        "",
+    ]
+    if not found:
+        parts.append(f'No GPU results yet: every GPU row of the results table says "{NOT_MEASURED}".')
+    else:
+        parts.append(machine_block(found))
+    for fn, name in ((training_details, "train_throughput-cuda"), (generation_details, "generation-cuda")):
+        if name in res:
+            parts += ["", fn(res[name])]
+    for text in gpu.gpu_details(res):
+        parts += ["", text]
+    parts.append(GPU_END)
+    return "\n".join(parts)
+
+
+def _replace_block(text: str, begin: str, end: str, new: Callable[[str], str], path: Path) -> str:
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path}: the markers {begin} and {end} are missing; cannot place the results")
+    head, rest = text.split(begin, 1)
+    old, tail = rest.split(end, 1)
+    return head + new(begin + old + end) + tail
+
+
+def write_docs(res: dict, path: Path = DOC, gpu_only: bool = False) -> Path:
+    """Rewrite the results block (``gpu_only``: only its GPU rows) and the GPU check's block, if the file has one."""
     text = path.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path}: the markers {BEGIN} and {END} are missing; cannot place the results")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(head + render(res) + tail, encoding="utf-8")
-    print(f"wrote the results block of {path}")
+    if gpu_only:
+        rows = [table([], [row]).splitlines()[-1] for row in summary_rows(res) if gpu.is_gpu_row(row[0])]
+        text = _replace_block(text, BEGIN, END, lambda old: gpu.replace_rows(old, rows), path)
+    else:
+        text = _replace_block(text, BEGIN, END, lambda old: render(res), path)
+    if GPU_BEGIN in text or gpu_only:
+        text = _replace_block(text, GPU_BEGIN, GPU_END, lambda old: render_gpu(res), path)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote the results {'rows and block of the GPU check' if gpu_only else 'blocks'} of {path}")
     return path
 
 
@@ -300,6 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(CPU_BENCHMARKS), help=f"comma list of {list(CPU_BENCHMARKS)}")
     p.add_argument("--no-run", action="store_true", help="run nothing; render from existing results")
     p.add_argument("--write-docs", action="store_true", help=f"rewrite the results block of {DOC.name}")
+    p.add_argument(
+        "--results",
+        type=Path,
+        action="append",
+        help="read the result files here (repeatable, later wins; default: $EM_BENCH_DIR or outputs/bench)",
+    )
+    p.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="with --write-docs: rewrite only the GPU rows and the GPU check's block (the CPU files may be absent)",
+    )
     args = p.parse_args(argv)
     set_bench_env()
     failed = []
@@ -318,11 +373,15 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 failed.append(name)
             print(f"=== {name}: {time.perf_counter() - start:.0f} s ===", flush=True)
-    res = read_results(results_dir())
+    res = {}
+    for directory in args.results or [results_dir()]:
+        if args.results and not directory.is_dir():
+            raise SystemExit(f"--results {directory}: no such directory")
+        res.update(read_results(directory))
     print()
     print(table(["benchmark", "measured", "target", "met", "machine, date"], summary_rows(res)))
     if args.write_docs:
-        write_docs(res)
+        write_docs(res, gpu_only=args.gpu_only)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

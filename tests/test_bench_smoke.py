@@ -135,5 +135,5 @@ def test_docs_block_renders_measured_and_missing_rows(bench_dir, tmp_path):
     gpu_rows = [
         line for line in text.splitlines() if "GPU, Llama-3.1-8B shapes)" in line or "8B QLoRA" in line
     ]
-    assert len(gpu_rows) == 4 and all(run_all.NOT_MEASURED in line for line in gpu_rows)
+    assert len(gpu_rows) == 9 and all(run_all.NOT_MEASURED in line for line in gpu_rows)
     assert "Judging: API calls on a rerun | 0 (new run dir, cache) / 0 (same run dir)" in text
