@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from em.api import ConfigError
+from em.api import ConfigError, check_keys
 from em.io import write_manifest
 from em.runs import RUN_CONFIG, open_run_dir, to_plain
 from em.tasks.common import public_config, run_dir_for, run_identity, tracking_settings, training_rows
@@ -28,7 +28,9 @@ OPERATIONAL_KEYS = {
         "log_every_n_steps",
         "num_workers",
         "progress_bar",
-    )
+    ),
+    # probing reads the model in eval mode and draws from its own seeded generator: the adapter is unchanged
+    "probe": ("enabled", "sets", "points", "batch_size"),
 }
 
 
@@ -122,10 +124,24 @@ def sft_settings(cfg: DictConfig):
         packing=bool(tr.packing),
         gradient_checkpointing=bool(tr.gradient_checkpointing),
         seed=int(cfg.seed),
+        probe=probe_settings(cfg.get("probe")),
     )
     settings.check()
     settings.parent = resolve_parent(cfg.get("init_from"), str(cfg.get("init_mode", "continue")), spec)
     return settings
+
+
+def probe_settings(node) -> ProbeSettings:
+    from em.training.settings import ProbeSettings
+
+    node = to_plain(node) or {}
+    check_keys(node, {"enabled", "sets", "points", "batch_size"}, "probe")
+    return ProbeSettings(
+        enabled=bool(node.get("enabled", False)),
+        sets=tuple(node.get("sets") or ()),
+        points=int(node.get("points", 8)),
+        batch_size=int(node.get("batch_size", 8)),
+    )
 
 
 def dry_run(settings, rows: list[dict], source: str) -> None:

@@ -76,6 +76,16 @@ class ParentAdapter:
 
 
 @dataclass
+class ProbeSettings:
+    """Log-likelihood probes during training (em.probes): off unless asked for."""
+
+    enabled: bool = False
+    sets: tuple[str, ...] = ("demo", "first_8")  # question sets of em/resources/probes/references.yaml
+    points: int = 8  # log-spaced optimizer steps up to the last one, probed after step 0
+    batch_size: int = 8
+
+
+@dataclass
 class SFTSettings:
     model: Any  # em.modeling.ModelSpec
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
@@ -92,6 +102,7 @@ class SFTSettings:
     gradient_checkpointing: bool = True
     seed: int = 0
     parent: ParentAdapter | None = None
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
 
     def check(self) -> None:
         """Refuse impossible values with the config key to fix."""
@@ -127,6 +138,9 @@ class SFTSettings:
             self.max_steps,
         )
         need(self.max_length >= 2, "lora.max_length", "at least 2", self.max_length)
+        need(self.probe.points >= 1, "probe.points", "a positive integer", self.probe.points)
+        need(self.probe.batch_size > 0, "probe.batch_size", "a positive integer", self.probe.batch_size)
+        need(bool(self.probe.sets), "probe.sets", "a non-empty list of question sets", list(self.probe.sets))
         need(self.overlength in ("truncate", "drop"), "lora.overlength", "truncate or drop", self.overlength)
         need(
             self.trainer.checkpoint_every_n_steps > 0,

@@ -192,6 +192,10 @@ def preflight(settings: SFTSettings):
     resolve_model_path(settings.model)
     tokenizer = load_tokenizer(settings.model, padding_side="right")
     check_continue_shape(settings)
+    if settings.probe.enabled:  # a probe set that does not exist fails here, not after the model loads
+        from em.probes import load_references
+
+        load_references(sets=list(settings.probe.sets))
     parent = settings.parent
     if parent and parent.quantization and parent.quantization != settings.quantization:
         log.warning(
@@ -252,6 +256,23 @@ def one_line_per_lightning_message() -> None:
         lightning_logger = logging.getLogger("lightning")
         for handler in list(lightning_logger.handlers):
             lightning_logger.removeHandler(handler)
+
+
+def probe_callback(settings: SFTSettings, tokenizer, run_dir: Path, total_steps: int):
+    """Log-likelihood probes at log-spaced optimizer steps (em.training.probe_callback) into probe.csv."""
+    from em.probes import load_references
+    from em.training.probe_callback import ProbeCallback
+
+    return ProbeCallback(
+        tokenizer,
+        load_references(sets=list(settings.probe.sets)),
+        total_steps=total_steps,
+        csv_path=run_dir / "probe.csv",
+        points=settings.probe.points,
+        system_prompt=getattr(settings.model, "system_prompt", None),
+        batch_size=settings.probe.batch_size,
+        seed=settings.seed,
+    )
 
 
 def make_trainer(
@@ -340,6 +361,8 @@ def train_sft(
         trainer.fit_loop.max_epochs = math.ceil(settings.max_steps / steps_per_epoch)
     probe = torch.tensor([examples[0].input_ids[:256]])
     module = SFTModule(settings, total_steps=total_steps, probe_ids=probe)
+    if settings.probe.enabled:
+        trainer.callbacks.append(probe_callback(settings, tokenizer, run_dir, total_steps))
 
     wandb_id = None
     for logger in loggers:
