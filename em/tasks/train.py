@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
@@ -17,6 +18,9 @@ from em.api import ConfigError, check_keys
 from em.io import write_manifest
 from em.runs import RUN_CONFIG, open_run_dir, to_plain
 from em.tasks.common import public_config, run_dir_for, run_identity, tracking_settings, training_rows
+
+if TYPE_CHECKING:
+    from em.training.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
 
