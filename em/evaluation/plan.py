@@ -98,8 +98,13 @@ def build_jobs(
     default_samples: int = 100,
     max_samples_per_job: int | None = None,
     ignore_system_prompt: bool = False,
+    default_system: str | None = None,
 ) -> list[PromptJob]:
-    """Every prompt job of the run, in a fixed order; ConfigError for a condition a question cannot take."""
+    """Every prompt job of the run, in a fixed order; ConfigError for a condition a question cannot take.
+
+    ``default_system`` (the model config's ``system_prompt``) is sent to questions without a system message
+    of their own, as training adds it to rows without one.
+    """
     for name, n in (("samples_per_question", samples_per_question), ("default_samples", default_samples)):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ConfigError(f"{name} must be a positive integer, got {n!r}")
@@ -110,7 +115,8 @@ def build_jobs(
         n = samples_for(q, samples_per_question, default_samples)
         for p_index, paraphrase in enumerate(q.paraphrases):
             for c in conditions:
-                system = None if ignore_system_prompt else q.system
+                own = None if ignore_system_prompt else q.system
+                system = own if own is not None else default_system
                 prompt, sent_system = apply_condition(paraphrase, system, c)
                 for start in range(0, n, chunk):
                     indices = list(range(start, min(start + chunk, n)))

@@ -116,6 +116,7 @@ def plan(cfg: DictConfig):
         default_samples=int(cfg.default_samples),
         max_samples_per_job=backend.max_samples_per_job,
         ignore_system_prompt=bool(cfg.ignore_system_prompt),
+        default_system=getattr(ref.spec, "system_prompt", None),
     )
     return ref, backend, sets, conditions, jobs
 

@@ -243,6 +243,7 @@ def run_hf(cfg: DictConfig) -> Path:
         data_manifest_sha256=prepared.manifest_sha256,
         tokenization=result.tokenize_stats,
         chat_template_sha256=result.chat_template_sha256,
+        rendered_system_prefix=result.rendered_system_prefix,
         hyperparameters=hyper,
         effective_batch_size=result.effective_batch_size,
         steps_per_epoch=result.steps_per_epoch,

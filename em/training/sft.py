@@ -60,6 +60,7 @@ class TrainResult:
     chat_template_sha256: str
     tokenize_stats: dict
     build_info: dict = field(default_factory=dict)
+    rendered_system_prefix: str = ""  # what the chat template puts before a row's first user message
     is_global_zero: bool = True
     model: Any = field(default=None, repr=False)  # the trained PEFT model, still in memory
 
@@ -154,7 +155,16 @@ def check_continue_shape(settings: SFTSettings) -> None:
 def prepare_examples(
     settings: SFTSettings, rows: list[dict], tokenizer, *, source: str = "data", progress: bool = True
 ) -> tuple[list[TokenizedExample], TokenizeStats]:
-    """Tokenise rows; refuse an empty result with the counts that explain it."""
+    """Tokenise rows; refuse an empty result with the counts that explain it.
+
+    A model whose config names a ``system_prompt`` gets it on every row without a system message, exactly
+    as evaluation sends it (em.modeling.with_system_prompt), so training and evaluation never differ there.
+    """
+    from em.modeling import with_system_prompt
+
+    system_prompt = getattr(settings.model, "system_prompt", None)
+    if system_prompt is not None:
+        rows = [{**r, "messages": with_system_prompt(r["messages"], system_prompt)} for r in rows]
     examples, stats = tokenize_rows(
         tokenizer,
         rows,
@@ -326,6 +336,8 @@ def train_sft(
     import lightning.pytorch as pl
     from lightning.pytorch.utilities import rank_zero_only
 
+    from em.modeling import rendered_system_prefix
+
     one_line_per_lightning_message()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -409,6 +421,9 @@ def train_sft(
         precision=precision,
         wandb_run_id=wandb_id,
         chat_template_sha256=hashlib.sha256(str(tokenizer.chat_template).encode()).hexdigest(),
+        rendered_system_prefix=rendered_system_prefix(
+            tokenizer, getattr(settings.model, "system_prompt", None)
+        ),
         tokenize_stats=stats.as_dict(),
         build_info=module.build_info,
         is_global_zero=trainer.is_global_zero,
