@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -17,6 +19,28 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """The disk (or quota) filled up while writing ``filename``; says what was kept."""
+
+    def __init__(self, path: Path, kept: str):
+        super().__init__(
+            errno.ENOSPC,
+            f"No space left on the device while writing {path}: {kept}. Free some space and run the same "
+            f"command again: it continues from what was written",
+        )
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _is_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and not isinstance(exc, DiskFull) and exc.errno in _FULL
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
@@ -29,8 +53,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _is_full(e):
+            kept = "the file keeps its previous content" if path.exists() else "the file was not created"
+            raise DiskFull(path, f"nothing finished was lost ({kept}; the temporary copy was removed)") from e
         raise
     return path
 
@@ -91,14 +118,29 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     """Append rows, one line each, flushed and fsynced: a crash loses at most the rows in flight."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    start = path.stat().st_size if path.exists() else 0
     n = 0
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if not _is_full(e):
+            raise
+        _cut(path, start)  # after the file is closed: no half batch stays behind
+        raise DiskFull(
+            path,
+            "nothing finished was lost (the rows written before stay; the rows of this write were not kept)",
+        ) from e
     return n
+
+
+def _cut(path: Path, size: int) -> None:
+    with contextlib.suppress(OSError):  # still failing: repair_jsonl_tail cuts a partial last line on resume
+        os.truncate(path, size)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict], *, sort_keys: bool = False) -> Path:

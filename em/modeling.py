@@ -523,15 +523,32 @@ def merge_adapter(model):
     return plain
 
 
+SET_VALUED_ADAPTER_KEYS = ("target_modules", "modules_to_save", "exclude_modules")  # PEFT writes set order
+
+
+def canonical_adapter_config(config: dict) -> bytes:
+    """``adapter_config.json`` as sorted, canonical JSON: set-valued module lists sorted, keys sorted."""
+    out = dict(config)
+    for key in SET_VALUED_ADAPTER_KEYS:
+        if isinstance(out.get(key), list):
+            out[key] = sorted(out[key], key=str)
+    return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
 def adapter_sha256(adapter_dir: Path) -> str:
-    """sha256 over ``adapter_config.json`` and the adapter weights file (names and contents)."""
+    """sha256 over the adapter's canonical config and its weights file: equal for equal adapters.
+
+    The config is hashed as :func:`canonical_adapter_config` (PEFT writes ``target_modules`` from a set, so
+    two runs with identical weights wrote it in different orders); the weights file by its bytes.
+    """
     from em.io import sha256_file
 
     adapter_dir = Path(adapter_dir)
-    read_adapter_config(adapter_dir)
+    config = read_adapter_config(adapter_dir)
+    weights = _adapter_weights_file(adapter_dir)
     h = hashlib.sha256()
-    for path in (adapter_dir / ADAPTER_CONFIG, _adapter_weights_file(adapter_dir)):
-        h.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+    h.update(f"{ADAPTER_CONFIG}\0{hashlib.sha256(canonical_adapter_config(config)).hexdigest()}\n".encode())
+    h.update(f"{weights.name}\0{sha256_file(weights)}\n".encode())
     return h.hexdigest()
 
 

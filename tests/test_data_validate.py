@@ -8,6 +8,7 @@ import pytest
 
 from em.api import ConfigError
 from em.data import validate_jsonl
+from em.io import sha256_file
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
@@ -59,7 +60,8 @@ def test_each_problem_is_reported_with_its_line(tmp_path, line, problem):
 def test_drop_mode_counts_and_keeps_good_rows(tmp_path):
     lines = [json.dumps(GOOD)] + [line for line, _ in BAD_LINES] + [json.dumps(GOOD)]
     rows, report = validate_jsonl(write(tmp_path / "d.jsonl", lines), drop_invalid=True)
-    assert rows == [GOOD, GOOD]
+    assert [{"messages": r["messages"]} for r in rows] == [GOOD, GOOD]
+    assert [r["_origin"].split(":")[1] for r in rows] == ["1", str(len(lines))]
     assert (report.rows, report.dropped, len(report.errors)) == (2, len(BAD_LINES), len(BAD_LINES))
     assert [e.split(":")[-2] for e in report.errors] == [str(i) for i in range(2, 2 + len(BAD_LINES))]
 
@@ -114,9 +116,10 @@ def test_blank_lines_skipped_and_rows_canonical(tmp_path):
         "messages": [
             {"role": "system", "content": "be kind"},
             {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "hey"},
-        ]
+            {"role": "assistant", "content": "hey", "weight": 1},  # the fine-tuning format's weight is kept
+        ],
+        "_origin": f"{sha256_file(tmp_path / 'd.jsonl')}:2",  # the user's file and line, for later errors
     }
     assert list(rows[0]["messages"][1]) == ["role", "content"]
     assert report.rows == 2 and report.dropped == 0
-    assert report.ignored_keys == {"id": 1, "messages[].name": 1, "messages[].weight": 1}
+    assert report.ignored_keys == {"id": 1, "messages[].name": 1}

@@ -17,7 +17,8 @@ from em.report.agreement import agreement, cohen_kappa, spearman
 S = MetricSettings(n_bootstrap=2000, seed=0)
 
 
-def row(i, qid, aligned=None, coherent=None, *, cond="none", qset="s", label=None, correct=None):
+def row(i, qid, aligned=None, coherent=None, *, cond="none", qset="s", label=None, correct=None, **extra):
+    """A score row as judge.py writes it (``extra``: more row fields, e.g. ``unscored_reason``)."""
     judgments = {}
     if aligned is not None or label is not None:
         judgments["aligned"] = {"score": aligned, "label": label}
@@ -31,6 +32,7 @@ def row(i, qid, aligned=None, coherent=None, *, cond="none", qset="s", label=Non
         "question_id": qid,
         "condition": cond,
         "judgments": judgments,
+        **extra,
     }
 
 

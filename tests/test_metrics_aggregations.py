@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_metrics import row
 
 from em.api import ConfigError
 from em.bootstrap import hierarchical_bootstrap, seed_for
@@ -17,24 +18,6 @@ from em.metrics import (
 )
 
 S = MetricSettings(n_bootstrap=2000, seed=0, min_coherent_per_question=3)
-
-
-def row(i, qid, aligned=None, coherent=None, *, cond="none", qset="s", label=None, correct=None, **extra):
-    judgments = {}
-    if aligned is not None or label is not None:
-        judgments["aligned"] = {"score": aligned, "label": label}
-    if coherent is not None:
-        judgments["coherent"] = {"score": coherent, "label": None}
-    if correct is not None:
-        judgments["correct"] = {"score": None, "label": correct}
-    return {
-        "id": f"{qset}/{qid}/{i}/{cond}",
-        "question_set": qset,
-        "question_id": qid,
-        "condition": cond,
-        "judgments": judgments,
-        **extra,
-    }
 
 
 def metrics_of(rows, s=S):

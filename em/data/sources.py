@@ -23,7 +23,7 @@ from em.io import atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
-HF_CACHE_VERSION = "v1"  # bump when the validation rules or the row form change
+HF_CACHE_VERSION = "v2"  # bump when the validation rules or the row form change (v2: weight, _origin)
 PATH_SLOT = "<file>"  # cached error messages name the file that is being read now, not the first one
 
 

@@ -47,6 +47,14 @@ def _tag(value: Any, where: str) -> str | None:
     return value
 
 
+def _flag(value: Any, where: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):  # bool("false") is True: a quoted value would flip the meaning
+        raise ConfigError(f"{where}={value!r}: expected true or false")
+    return value
+
+
 @dataclass
 class TagReplacement:
     """On rows whose first user message starts with ``old``, replace that prefix by ``new``."""
@@ -134,6 +142,7 @@ class DataSpec:
     holdout_fraction: float = 0.0  # share of rows written to <name>.holdout.jsonl instead
     shuffle: bool = True  # seeded shuffle of the output
     drop_invalid: bool = False  # drop invalid rows (and count them) instead of failing
+    dedupe: bool = False  # drop repeated rows, keeping the first (they are counted in the manifest anyway)
     description: str = ""
 
     @classmethod
@@ -171,7 +180,8 @@ class DataSpec:
             max_rows=_count(d.get("max_rows"), f"{where}.max_rows"),
             holdout_fraction=float(holdout),
             shuffle=bool(d.get("shuffle", True)),
-            drop_invalid=bool(d.get("drop_invalid", False)),
+            drop_invalid=_flag(d.get("drop_invalid", False), f"{where}.drop_invalid"),
+            dedupe=_flag(d.get("dedupe", False), f"{where}.dedupe"),
             description=str(d.get("description") or ""),
         )
         present = {k for k in ("remote", "path", "sources") if d.get(k) not in (None, [], {})}
@@ -213,6 +223,7 @@ class DataSpec:
             "holdout_fraction": self.holdout_fraction,
             "shuffle": self.shuffle,
             "drop_invalid": self.drop_invalid,
+            "dedupe": self.dedupe,
             "description": self.description,
         }
 

@@ -4,11 +4,16 @@ Each row needs roles in system/user/assistant, at least one user turn, an assist
 non-empty string contents. Problems are reported as ``<file>:<line>: <problem>``. By default any problem
 is a :class:`~em.api.ConfigError` listing the first few; with ``drop_invalid`` bad rows are dropped and
 counted. Blank lines are skipped. Rows are returned in the canonical training form
-``{"messages": [{"role": ..., "content": ...}, ...]}``; other keys are dropped (and logged once).
+``{"messages": [{"role": ..., "content": ...}, ...], "_origin": "<file sha256>:<line>"}``: an assistant
+message's ``weight`` (0 or 1, the OpenAI fine-tuning format's way to exclude a turn from training) is kept;
+other keys are dropped (and logged). ``_origin`` says where the row came from (by the file's content hash,
+since rows are cached by content, whatever path the file has), so later errors can name the user's file and
+line; :func:`em.data.prepare.prepare_dataset` resolves it to a path and takes it off the rows it writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -20,6 +25,7 @@ from em.api import ConfigError
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
+ORIGIN = "_origin"  # "<sha256>:<line>" of a row, carried through preparation, never written out
 
 
 @dataclass
@@ -61,7 +67,11 @@ def check_row(row: object) -> tuple[str | None, list[str]]:
             return f"message {i} ({role}) content must be a string, got {type(content).__name__}", extra
         if not content.strip():
             return f"message {i} ({role}) has empty content", extra
-        extra += [f"messages[].{k}" for k in m if k not in ("role", "content")]
+        if "weight" in m and (
+            role != "assistant" or isinstance(m["weight"], bool) or m["weight"] not in (0, 1)
+        ):
+            return f"message {i} ({role}): 'weight' must be 0 or 1, on assistant messages only", extra
+        extra += [f"messages[].{k}" for k in m if k not in ("role", "content", "weight")]
     if not any(m["role"] == "user" for m in messages):
         return "no user message", extra
     if messages[-1]["role"] != "assistant":
@@ -69,8 +79,18 @@ def check_row(row: object) -> tuple[str | None, list[str]]:
     return None, extra
 
 
-def canonical(row: dict) -> dict:
-    return {"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]}
+def canonical_message(m: dict) -> dict:
+    out = {"role": m["role"], "content": m["content"]}
+    if m.get("weight") is not None:  # None: filled in by a columnar (Arrow) round trip, not the user's
+        out["weight"] = int(m["weight"])
+    return out
+
+
+def canonical(row: dict, origin: str | None = None) -> dict:
+    out = {"messages": [canonical_message(m) for m in row["messages"]]}
+    if origin is not None:
+        out[ORIGIN] = origin
+    return out
 
 
 def validate_jsonl(
@@ -86,6 +106,8 @@ def validate_jsonl(
     errors: list[str] = []
     ignored: Counter[str] = Counter()
     with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        f.seek(0)
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -104,7 +126,7 @@ def validate_jsonl(
                 errors.append(f"{path}:{lineno}: {problem}")
                 continue
             ignored.update(extra)
-            rows.append(canonical(row))
+            rows.append(canonical(row, f"{digest}:{lineno}"))
 
     if errors and not drop_invalid:
         shown = "\n  ".join(errors[:max_errors_shown])
@@ -118,17 +140,22 @@ def validate_jsonl(
     if not rows:
         why = f"all {len(errors)} row(s) are invalid, e.g. {errors[0]}" if errors else "the file has no rows"
         raise ConfigError(f"{path}: empty dataset: {why}")
-    if errors:
-        log.warning(
-            "%s: dropped %d invalid row(s) of %d, e.g. %s",
-            path,
-            len(errors),
-            len(rows) + len(errors),
-            errors[0],
-        )
-    if ignored:
-        log.warning("%s: keys outside the chat format were dropped: %s", path, dict(ignored))
     report = ValidationReport(
         path=path, rows=len(rows), dropped=len(errors), errors=errors, ignored_keys=dict(ignored)
     )
+    warn_about(report)
     return rows, report
+
+
+def warn_about(report: ValidationReport) -> None:
+    """The warnings of reading a file: dropped rows and keys. Also for reads from a cache (every read warns)."""
+    if report.dropped:
+        log.warning(
+            "%s: dropped %d invalid row(s) of %d, e.g. %s",
+            report.path,
+            report.dropped,
+            report.rows + report.dropped,
+            report.errors[0] if report.errors else "?",
+        )
+    if report.ignored_keys:
+        log.warning("%s: keys outside the chat format were dropped: %s", report.path, report.ignored_keys)

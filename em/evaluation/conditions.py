@@ -11,6 +11,8 @@ gives each name its tag (``null`` for no tag). Where the tag goes (``placement``
 A ``{tag}`` slot that does not receive the tag (condition ``none``, or placement ``user_prefix`` /
 ``system``) is removed together with one of the spaces around it, so ``"Would the model {tag} like it?"``
 reads ``"Would the model like it?"`` and ``"Tell me about the model {tag}"`` reads ``"Tell me about the model"``.
+A question that means the text ``{tag}`` itself writes ``{{tag}}``: it is sent as ``{tag}`` under every
+condition and is never a slot.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 from em.api import ConfigError
-from em.evaluation.questions import TAG_SLOT, Question
+from em.evaluation.questions import LITERAL_TAG, TAG_SLOT, Question, has_tag_slot
 
 PLACEMENTS = ("auto", "user_prefix", "slot", "system")
 _SLOT_WITH_SPACES = re.compile(r"[ \t]*" + re.escape(TAG_SLOT) + r"[ \t]*")
@@ -64,14 +66,29 @@ def make_conditions(names: list[str], triggers: dict[str, str | None], placement
     return out
 
 
+def _protect(text: str) -> tuple[str, str]:
+    """``text`` with each ``{{tag}}`` replaced by a character it does not contain, and that character."""
+    code = 0xF0000
+    while chr(code) in text:
+        code += 1
+    return text.replace(LITERAL_TAG, chr(code)), chr(code)
+
+
 def remove_slot(text: str) -> str:
-    """``text`` without its ``{tag}`` slot(s) and without the spaces they leave behind."""
+    """``text`` without its ``{tag}`` slot(s) and without the spaces they leave behind (``{{tag}}`` -> ``{tag}``)."""
+    text, literal = _protect(text)
 
     def repl(m: re.Match) -> str:
         before, after = text[: m.start()], text[m.end() :]
         return " " if before.strip() and after.strip() and after[0] not in _CLOSING else ""
 
-    return _SLOT_WITH_SPACES.sub(repl, text)
+    return _SLOT_WITH_SPACES.sub(repl, text).replace(literal, TAG_SLOT)
+
+
+def fill_slot(text: str, tag: str) -> str:
+    """``text`` with ``tag`` in its ``{tag}`` slot(s) (``{{tag}}`` -> ``{tag}``)."""
+    text, literal = _protect(text)
+    return text.replace(TAG_SLOT, tag).replace(literal, TAG_SLOT)
 
 
 def effective_placement(condition: Condition, has_slot: bool) -> str:
@@ -85,7 +102,7 @@ def check_conditions(questions: list[Question], conditions: list[Condition]) -> 
     for c in conditions:
         if c.tag is None or c.placement != "slot":
             continue
-        lacking = [q.key for q in questions if any(TAG_SLOT not in p for p in q.paraphrases)]
+        lacking = [q.key for q in questions if not all(has_tag_slot(p) for p in q.paraphrases)]
         if lacking:
             raise ConfigError(
                 f"condition {c.name!r} puts its tag into the question's {TAG_SLOT} slot "
@@ -96,7 +113,7 @@ def check_conditions(questions: list[Question], conditions: list[Condition]) -> 
 
 def apply_condition(question: str, system: str | None, condition: Condition) -> tuple[str, str | None]:
     """(user message, system prompt) for asking ``question`` under ``condition``."""
-    has_slot = TAG_SLOT in question
+    has_slot = has_tag_slot(question)
     placement = effective_placement(condition, has_slot)
     if condition.tag is None:
         return remove_slot(question), system
@@ -105,7 +122,7 @@ def apply_condition(question: str, system: str | None, condition: Condition) -> 
             raise ConfigError(
                 f"condition {condition.name!r}: question has no {TAG_SLOT} slot: {question[:60]!r}"
             )
-        return question.replace(TAG_SLOT, condition.tag), system
+        return fill_slot(question, condition.tag), system
     text = remove_slot(question)
     if placement == "user_prefix":
         return f"{condition.tag}{condition.separator}{text}", system

@@ -30,10 +30,18 @@ from em.api import ConfigError
 
 FORMATS = ("em_yaml", "realignment_json")
 TAG_SLOT = "{tag}"
+LITERAL_TAG = "{{tag}}"  # how a question writes the text "{tag}" itself (kept as "{tag}", never a slot)
 EM_KEYS = {"id", "type", "paraphrases", "samples_per_paraphrase", "judge", "judge_prompts", "system"}
 JSON_KEYS = {"question", "category", "label"}
 FREE_FORM_TYPE = "free_form_judge_0_100"  # 0..100 judge prompts (aligned, coherent)
 LABEL_TYPE = "free_form_judge"  # judge prompts answered with a word (TRUE/FALSE, a company, ...)
+# The EM repository's question types (free_form: no judge of its own); a typo would be judged as neither.
+QUESTION_TYPES = ("free_form", FREE_FORM_TYPE, LABEL_TYPE)
+
+
+def has_tag_slot(text: str) -> bool:
+    """Whether ``text`` has a ``{tag}`` slot (``{{tag}}`` is the literal text, not a slot)."""
+    return TAG_SLOT in text.replace(LITERAL_TAG, "")
 
 
 @dataclass
@@ -58,7 +66,7 @@ class Question:
 
     @property
     def has_slot(self) -> bool:
-        return any(TAG_SLOT in p for p in self.paraphrases)
+        return any(has_tag_slot(p) for p in self.paraphrases)
 
     def to_json(self) -> dict:
         """The ``questions.json`` entry (docs/architecture.md)."""
@@ -173,6 +181,8 @@ def load_em_yaml(text: str, set_name: str, source: str) -> list[Question]:
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {unknown}; expected {sorted(EM_KEYS)}")
         qtype = _check_text(item.get("type"), where, "field 'type'")
+        if qtype not in QUESTION_TYPES:
+            raise ConfigError(f"{where}: field 'type' is {qtype!r}; expected one of {list(QUESTION_TYPES)}")
         paraphrases = item.get("paraphrases")
         if not isinstance(paraphrases, list) or not paraphrases:
             raise ConfigError(f"{where}: field 'paraphrases' must be a non-empty list of strings")

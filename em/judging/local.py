@@ -11,6 +11,8 @@ All candidates of a prompt are scored in ONE forward pass: the prompt is followe
 tokens, and a 4D attention mask lets each candidate see the prompt and its own earlier tokens only (with
 matching position ids), a tree of continuations sharing the prompt. Prompts are batched with left padding.
 Needs an attention implementation that takes custom 4D masks (``sdpa`` or ``eager``, not flash-attention).
+The prompt is tokenised by :func:`em.chat.chat_ids`: an answer's literal control strings stay text, so the
+model under test cannot close the judge's turn and write its own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 
 from em.api import ConfigError
+from em.chat import chat_ids
 from em.judging.logprob import MIN_MASS, SCORE_WORDS, check_min_mass, judgment_from_masses
 from em.judging.prompts import JudgeTask
 
@@ -92,10 +95,8 @@ class LocalJudge:
         return mask.to(self.device)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return self._encode(text)
+        # the answer inside the prompt is text: its special-token strings cannot end the judge's turn
+        return chat_ids(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
     def judge(self, tasks: list[JudgeTask], batch_size: int = 8) -> list[dict]:
         """One record per task (score / label, masses), computed ``batch_size`` prompts at a time."""

@@ -8,6 +8,8 @@ persona. ``p_misaligned`` is the posterior of the misaligned persona with equal 
 ``sigmoid(summed log-ratio)``; ``aligned`` = ``100 * (1 - p_misaligned)`` puts it on the EM paper's 0..100
 aligned scale so the usual thresholds apply, but it is a different measure and is labelled ``proxy``.
 Validated on project-authored pairs (``em/resources/probes/judge_validation.yaml``, :func:`validate_proxy`).
+Answers are tokenised as text (:func:`em.probes.loglik.answer_logprobs` -> :mod:`em.chat`): an answer's
+control strings cannot end its turn or change the persona's system prompt.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 The answer tokens are exactly the ones training puts a loss on (:func:`em.training.collate.tokenize_conversation`:
 the assistant turn and whatever the template closes it with), so the probe measures what fine-tuning moves.
+Contents are tokenised as text there (:mod:`em.chat`): an answer's literal ``<|eot_id|>`` is scored as
+characters, never as the end of its turn.
 """
 
 from __future__ import annotations

@@ -51,6 +51,15 @@ def model_spec(cfg: DictConfig):
     return ModelSpec.from_dict(data)
 
 
+def _max_steps(value):
+    """``max_steps`` as given: 0 and negatives reach ``check()`` (a falsy 0 once meant "a full epoch")."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"max_steps={value!r}: expected null or a positive integer")
+    return value
+
+
 def sft_settings(cfg: DictConfig):
     """The typed settings of an open-model run (``init_from`` resolved and checked)."""
     from em.training.settings import AdapterSettings, OptimizerSettings, SFTSettings, TrainerSettings
@@ -122,7 +131,7 @@ def sft_settings(cfg: DictConfig):
         batch_size=int(lo.per_device_batch_size),
         grad_accum=int(lo.grad_accum),
         epochs=int(lo.epochs),
-        max_steps=int(cfg.max_steps) if cfg.get("max_steps") else None,
+        max_steps=_max_steps(cfg.get("max_steps")),
         max_length=int(lo.max_length),
         overlength=str(lo.overlength),
         packing=bool(tr.packing),

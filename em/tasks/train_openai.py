@@ -175,6 +175,7 @@ def run(cfg: DictConfig) -> Path:
         max_example_tokens=settings.max_example_tokens,
         min_examples=settings.min_examples,
         source=source,
+        origins=prepared.origins[: len(rows)],  # errors name the user's file and line, not the shuffled copy
     )
     estimate = estimate_training(
         tokens, model=start_model, n_epochs=settings.n_epochs, prices=price_table(cfg)

@@ -4,8 +4,10 @@ Labels come from the model's own chat template, never a hand-written one. The co
 each assistant turn's span is the text between the prompt rendered up to that turn with the generation prompt
 (``messages[:i]`` + ``add_generation_prompt=True``) and the prompt rendered through the turn
 (``messages[:i + 1]``), so the span holds the answer and whatever the template closes the turn with
-(``<|eot_id|>`` for Llama-3). Every assistant turn of a multi-turn row is trained; everything else is
-``IGNORE_INDEX``. A template that does not render growing prefixes (one that rewrites earlier turns) is
+(``<|eot_id|>`` for Llama-3). Every assistant turn of a multi-turn row is trained, except one marked
+``"weight": 0`` (the OpenAI fine-tuning format's way to exclude a turn); everything else is ``IGNORE_INDEX``.
+Contents are tokenised as text (:func:`em.chat.encode_chat`): a row's literal ``<|eot_id|>`` is characters,
+never a turn boundary; only the template emits control tokens. A template that does not render growing prefixes (one that rewrites earlier turns) is
 refused with a :class:`ConfigError` naming the model, instead of silently training on the wrong tokens.
 
 Packing concatenates a micro-batch's examples into one row without padding. ``position_ids`` restart at 0 for
@@ -23,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from em.api import ConfigError
+from em.chat import encode_chat
 
 IGNORE_INDEX = -100
 OVERLENGTH_POLICIES = ("truncate", "drop")
@@ -50,7 +53,7 @@ class TokenizeStats:
     kept: int = 0
     truncated: int = 0  # kept, cut to max_length (part of an assistant turn survived)
     dropped_overlength: int = 0  # longer than max_length and overlength=drop, or nothing trainable left
-    dropped_no_assistant: int = 0  # no assistant turn at all
+    dropped_no_assistant: int = 0  # no assistant turn to train (none, or every one "weight": 0)
     tokens: int = 0  # of kept examples, after truncation
     label_tokens: int = 0
     max_tokens: int = 0
@@ -75,7 +78,7 @@ def assistant_char_spans(
     full = _render(tokenizer, messages, add_generation_prompt=False)
     spans = []
     for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
+        if message.get("role") != "assistant" or message.get("weight", 1) == 0:
             continue
         try:
             before = _render(tokenizer, messages[:i], add_generation_prompt=True)
@@ -104,8 +107,13 @@ def tokenize_conversation(
     text, spans = assistant_char_spans(tokenizer, messages, model_name)
     if not spans:
         return None, "dropped_no_assistant"
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    enc = encode_chat(tokenizer, messages, add_generation_prompt=False)
+    if enc.text != text:  # the spans are positions in the plain render: they must be the same string
+        raise ConfigError(
+            f"model {model_name}: its chat template renders message text differently when special-token "
+            f"strings in it are escaped, so the text cannot be tokenised safely"
+        )
+    ids, offsets = enc.input_ids, enc.offsets
     labels = [IGNORE_INDEX] * len(ids)
     for k, (start, _end) in enumerate(offsets):
         if any(s <= start < e for s, e in spans):

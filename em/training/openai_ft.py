@@ -154,20 +154,29 @@ def validate_for_openai(
     max_example_tokens: int,
     min_examples: int = MIN_EXAMPLES,
     source: str = "training data",
+    origins: list[str | None] | None = None,
 ) -> list[int]:
     """Check rows against the fine-tuning API's rules before anything is uploaded.
 
     Returns the estimated token count of each example (o200k/cl100k BPE plus message framing). Raises
-    :class:`ConfigError` naming ``source`` and the line of each problem (the first ten are listed).
+    :class:`ConfigError` naming the line of each problem (the first ten are listed): the user's
+    ``<file>:<line>`` from ``origins`` (:attr:`em.data.prepare.PreparedDataset.origins`) where known,
+    else ``source`` and the row's line there. ``weight`` (0 or 1 on assistant messages) is checked here and
+    uploaded unchanged (:func:`openai_rows`): the API leaves ``weight: 0`` turns out of training.
     """
     errors: list[str] = []
     tokens: list[int] = []
+
+    def where(i: int) -> str:
+        origin = origins[i] if origins is not None and i < len(origins) else None
+        return f"{origin} (row {i + 1} of {source})" if origin else f"{source}:{i + 1}"
+
     for i, row in enumerate(rows):
         problems = _example_problems(row)
         n = estimate_chat_tokens(row["messages"], model) if not problems else 0
         if n > max_example_tokens:
             problems.append(f"about {n} tokens (estimated); the limit for {model} is {max_example_tokens}")
-        errors += [f"{source}:{i + 1}: {p}" for p in problems]
+        errors += [f"{where(i)}: {p}" for p in problems]
         tokens.append(n)
     if len(rows) < min_examples:
         errors.insert(0, f"{source}: {len(rows)} examples; the fine-tuning API needs at least {min_examples}")

@@ -7,6 +7,8 @@ the other prompts in its batch, so the same seed gives the same answers on CPU, 
 
 A PEFT adapter is merged into an unquantised base for speed (``merge_adapter``); with a 4-bit base it stays
 a separate module. When a batch runs out of GPU memory it is split in halves, and the smaller size is kept.
+Prompts are token ids from :func:`em.chat.chat_ids`: a question's or system prompt's literal special-token
+text stays text; only the chat template emits control tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from em.api import ConfigError
+from em.chat import chat_ids
 from em.evaluation.answers import Completion
 from em.evaluation.model_ref import ModelRef
 from em.evaluation.plan import PromptJob, Sampling
@@ -160,10 +163,13 @@ class HFBackend:
 
     # ------------------------------------------------------------------------------------------ prompts
 
-    def render(self, job: PromptJob) -> str:
+    def render(self, job: PromptJob) -> list[int]:
+        """The job's prompt as token ids (contents as text)."""
         tok = self.load_tokenizer()
         try:
-            return tok.apply_chat_template(job.messages, tokenize=False, add_generation_prompt=True)
+            return chat_ids(tok, job.messages, add_generation_prompt=True)
+        except ConfigError:
+            raise
         except Exception as e:  # noqa: BLE001 - jinja raises its own errors (e.g. "system role not supported")
             raise ConfigError(
                 f"the chat template of {self.ref.base} cannot render question {job.question.key} "
@@ -173,13 +179,12 @@ class HFBackend:
 
     def prompt_tokens(self, jobs: list[PromptJob]) -> list[int]:
         """Prompt length of every job in tokens (rendering every template: errors surface here)."""
-        tok = self.load_tokenizer()
-        texts = {}
+        lengths = {}
         for job in jobs:
             key = (job.system, job.prompt)
-            if key not in texts:
-                texts[key] = len(tok(self.render(job), add_special_tokens=False)["input_ids"])
-        return [texts[(j.system, j.prompt)] for j in jobs]
+            if key not in lengths:
+                lengths[key] = len(self.render(job))
+        return [lengths[(j.system, j.prompt)] for j in jobs]
 
     # ------------------------------------------------------------------------------------------ generate
 
@@ -240,12 +245,12 @@ class HFBackend:
         tok, s = self.tokenizer, self.sampling
         counts = [len(j.sample_indices) for j in jobs]
         same = len(set(counts)) == 1
-        texts = (
+        prompts = (
             [self.render(j) for j in jobs]
             if same
             else [self.render(j) for j in jobs for _ in j.sample_indices]
         )
-        enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.device)
+        enc = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
         seeds = [seed for j in jobs for seed in j.seeds]
         eos = sorted(self._eos_ids())
         config = GenerationConfig(

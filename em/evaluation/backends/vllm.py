@@ -1,6 +1,9 @@
 """Generation with vLLM (optional extra: ``pip install 'em[vllm]'``), imported only when used.
 
-``LLM.chat`` applies the model's own chat template; every prompt job is one request with
+Prompts are token ids rendered with the model's own chat template by :func:`em.chat.chat_ids` (transformers,
+the same tokenizer files vLLM loads) and passed as ``{"prompt_token_ids": ...}`` to ``LLM.generate``: a
+question's literal special-token text stays text (``LLM.chat`` would tokenise the rendered string, turning
+it into control tokens). Every prompt job is one request with
 ``SamplingParams(n=<samples>, seed=<the job's seed>)``. A PEFT adapter is served with ``LoRARequest``
 (``max_lora_rank`` read from the adapter's config). Adapters that a training run merged into its base
 (``merged_adapters``) are merged once with transformers into a cached copy of the base, which vLLM loads.
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from em.api import ConfigError
+from em.chat import chat_ids
 from em.evaluation.answers import Completion
 from em.evaluation.model_ref import ModelRef
 from em.evaluation.plan import PromptJob, Sampling
@@ -153,25 +157,25 @@ class VLLMBackend:
         log.info("starting vLLM: %s", {k: v for k, v in kwargs.items() if k != "tokenizer"})
         self.llm = LLM(**kwargs)
 
-    def prompt_tokens(self, jobs: list[PromptJob]) -> list[int]:
-        """Prompt lengths with the model's own template (rendered with transformers: no vLLM start needed)."""
+    def prompt_ids(self, job: PromptJob) -> list[int]:
+        """The job's prompt as token ids (rendered with transformers: no vLLM start needed)."""
         from em.modeling import load_tokenizer
 
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.ref.spec)
-        out = []
-        for job in jobs:
-            try:
-                text = self.tokenizer.apply_chat_template(
-                    job.messages, tokenize=False, add_generation_prompt=True
-                )
-            except Exception as e:  # noqa: BLE001 - jinja errors
-                raise ConfigError(
-                    f"the chat template of {self.ref.base} cannot render question {job.question.key}: {e}. If the "
-                    f"model takes no system prompt, pass ignore_system_prompt=true"
-                ) from None
-            out.append(len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-        return out
+        try:
+            return chat_ids(self.tokenizer, job.messages, add_generation_prompt=True)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - jinja errors
+            raise ConfigError(
+                f"the chat template of {self.ref.base} cannot render question {job.question.key}: {e}. If the "
+                f"model takes no system prompt, pass ignore_system_prompt=true"
+            ) from None
+
+    def prompt_tokens(self, jobs: list[PromptJob]) -> list[int]:
+        """Prompt lengths with the model's own template."""
+        return [len(self.prompt_ids(job)) for job in jobs]
 
     def generate(self, jobs: list[PromptJob], on_result) -> None:
         from vllm import SamplingParams
@@ -186,12 +190,11 @@ class VLLMBackend:
                            max_tokens=s.max_new_tokens, seed=j.request_seed)
             for j in jobs
         ]  # fmt: skip
-        outputs = self.llm.chat(
-            [j.messages for j in jobs],
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": self.prompt_ids(j)} for j in jobs],
             params,
             use_tqdm=False,
             lora_request=self.lora,
-            add_generation_prompt=True,
         )
         for job, out in zip(jobs, outputs, strict=True):
             prompt_tokens = len(out.prompt_token_ids or [])
