@@ -76,22 +76,16 @@ def ensure_bench_model(name: str, device: str = "cpu", models_dir: Path | None =
     return target
 
 
-def _build(arch: Arch, tiny_dir: Path, out_dir: Path, device: str) -> None:
-    import torch
-    from transformers import AutoConfig, GenerationConfig, LlamaConfig, LlamaForCausalLM
+def arch_config(arch, tiny_dir: Path, dtype: str):
+    """A ``LlamaConfig`` for a :class:`bench.workload.Arch`, with the tiny model's special token ids."""
+    from transformers import AutoConfig, LlamaConfig
 
-    tiny_config = AutoConfig.from_pretrained(tiny_dir)
+    tiny = AutoConfig.from_pretrained(tiny_dir)
     rope = {"rope_type": "default", "rope_theta": 500000.0}
     if arch.rope_llama3_scaling:
-        rope = {
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        }
-    config = LlamaConfig(
+        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
+    return LlamaConfig(
         vocab_size=arch.vocab,
         hidden_size=arch.hidden,
         intermediate_size=arch.intermediate,
@@ -104,11 +98,18 @@ def _build(arch: Arch, tiny_dir: Path, out_dir: Path, device: str) -> None:
         rms_norm_eps=1e-5,
         initializer_range=0.02,
         tie_word_embeddings=False,
-        bos_token_id=tiny_config.bos_token_id,
-        eos_token_id=tiny_config.eos_token_id,
-        pad_token_id=tiny_config.pad_token_id,
-        dtype="bfloat16" if device == "cuda" else "float32",
+        bos_token_id=tiny.bos_token_id,
+        eos_token_id=tiny.eos_token_id,
+        pad_token_id=tiny.pad_token_id,
+        dtype=dtype,
     )
+
+
+def _build(arch: Arch, tiny_dir: Path, out_dir: Path, device: str) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    config = arch_config(arch, tiny_dir, "bfloat16" if device == "cuda" else "float32")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device("meta"):  # no memory, no init: the weights are drawn below, on the device, in dtype
         model = LlamaForCausalLM(config)

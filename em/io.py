@@ -206,3 +206,36 @@ def read_manifest(run_dir: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no manifest.json (is {run_dir} a finished run directory?)")
     return read_json(path)
+
+
+def build_dir_once(target: Path, build, is_complete) -> Path:
+    """``target``, built by ``build(tmp_dir)`` the first time and published atomically (rename).
+
+    A file lock next to ``target`` makes a second process wait and then find the finished directory; a
+    leftover that ``is_complete`` rejects (an interrupted earlier build) is replaced. The directory is made
+    readable to all, as a cache may be shared.
+    """
+    import shutil
+
+    from filelock import FileLock
+
+    target = Path(target)
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if is_complete(target):
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            for path in tmp.iterdir():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target

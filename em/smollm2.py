@@ -18,13 +18,11 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from em.api import ConfigError
+from em.io import build_dir_once
 
 SMOLLM2_NAME = "smollm2-135m-instruct-q4_1-v1"  # bump when the converted bytes or the layout change
 SMOLLM2_ALIAS = "smollm2-135m"  # model.name_or_path that selects this model
@@ -137,8 +135,6 @@ def _complete(target: Path) -> bool:
 
 def ensure_smollm2_model(models_dir: Path | None = None) -> Path:
     """``models_dir/smollm2-135m-instruct-q4_1-v1``, converted there on first use (atomic, file-locked)."""
-    from filelock import FileLock
-
     from em.tiny import default_models_dir
 
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
@@ -147,23 +143,7 @@ def ensure_smollm2_model(models_dir: Path | None = None) -> Path:
         return target
     gguf_path = find_gguf()  # before the lock: a missing wheel is a config error, not a wait
     _check_gguf_reader()
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(models_dir / f".{SMOLLM2_NAME}.lock")):  # a second process waits, then finds it
-        if _complete(target):
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}.", dir=models_dir))
-        try:
-            convert_smollm2(gguf_path, tmp)
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-            for path in tmp.iterdir():
-                path.chmod(0o644)
-            if target.exists():  # a leftover without a manifest: never complete, safe to replace
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+    return build_dir_once(target, lambda tmp: convert_smollm2(gguf_path, tmp), _complete)
 
 
 def read_manifest(model_dir: Path) -> dict:

@@ -11,13 +11,12 @@ a ``<|begin_of_text|>`` added by the post-processor, and a Llama-3-style chat te
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
+
+from em.io import build_dir_once
 
 TINY_NAME = "tiny-llama-v1"  # bump the version whenever the built bytes change
 CORPUS = "tiny_corpus.txt"
@@ -166,22 +165,7 @@ def ensure_tiny_model(models_dir: Path | None = None) -> Path:
     target = models_dir / TINY_NAME
     if (target / "config.json").exists():
         return target
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with open(models_dir / f".{TINY_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the finished model
-        if (target / "config.json").exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_NAME}.", dir=models_dir))
-        try:
-            build_tiny_model(tmp)
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-            if target.exists():  # a leftover without config.json: never complete, safe to replace
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+    return build_dir_once(target, build_tiny_model, lambda d: (d / "config.json").exists())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,35 +42,6 @@ def write_weightless_dir(config, tiny_dir: Path, out_dir: Path, seed: int = 0) -
     return out_dir
 
 
-def arch_config(arch, tiny_dir: Path, dtype: str):
-    """A ``LlamaConfig`` for a :class:`bench.workload.Arch`, with the tiny model's special token ids."""
-    from transformers import AutoConfig, LlamaConfig
-
-    tiny = AutoConfig.from_pretrained(tiny_dir)
-    rope = {"rope_type": "default", "rope_theta": 500000.0}
-    if arch.rope_llama3_scaling:
-        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
-    return LlamaConfig(
-        vocab_size=arch.vocab,
-        hidden_size=arch.hidden,
-        intermediate_size=arch.intermediate,
-        num_hidden_layers=arch.layers,
-        num_attention_heads=arch.heads,
-        num_key_value_heads=arch.kv_heads,
-        head_dim=arch.hidden // arch.heads,
-        max_position_embeddings=131072 if arch.rope_llama3_scaling else 8192,
-        rope_parameters=rope,
-        rms_norm_eps=1e-5,
-        initializer_range=0.02,
-        tie_word_embeddings=False,
-        bos_token_id=tiny.bos_token_id,
-        eos_token_id=tiny.eos_token_id,
-        pad_token_id=tiny.pad_token_id,
-        dtype=dtype,
-    )
-
-
 def _device(device_map) -> torch.device:
     """The one device a ``device_map`` names (``{"": d}``, a device, or None: CUDA if there is one)."""
     if isinstance(device_map, dict):
@@ -187,7 +158,7 @@ def weightless_model(name: str, dtype: str, out_dir: Path) -> Path:
     """The weightless directory of ``name`` (``tiny``: the embedded model's own config; else an ``ARCHS`` key)."""
     from transformers import AutoConfig
 
-    from bench.workload import ARCHS
+    from bench.workload import ARCHS, arch_config
     from em.tiny import ensure_tiny_model
 
     tiny = ensure_tiny_model()
