@@ -58,12 +58,14 @@ $(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK)
 demo: setup
 	$(PY) -m em.demo
 
-# -n auto: one pytest worker per core (pytest-xdist); tests share nothing but read-only fixtures
+# -n auto: one pytest worker per core (pytest-xdist); worksteal: an idle worker takes queued tests from a busy
+# one, so a long test at the end does not leave a core idle. Tests share nothing but read-only fixtures.
+PYTEST_ARGS ?=
 test: setup
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -n auto -m "not slow"
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -100,3 +100,20 @@ def hierarchical_bootstrap(
         reps = np.where(tot_den > 0, tot_num / np.where(tot_den > 0, tot_den, 1), np.nan)
     lo, hi = _percentiles(reps, confidence)
     return value, lo, hi
+
+
+def mean_interval(
+    values: np.ndarray | list[float], *, n_boot: int, confidence: float, rng: np.random.Generator
+) -> tuple[float | None, float | None, float | None]:
+    """The mean and its percentile bootstrap interval, resampling the values (None interval below two).
+
+    For a paired difference pass the per-unit differences: the units are resampled together.
+    """
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return None, None, None
+    if data.size < 2:
+        return float(data.mean()), None, None
+    reps = data[rng.integers(0, data.size, size=(n_boot, data.size))].mean(axis=1)
+    lo, hi = _percentiles(reps, confidence)
+    return float(data.mean()), lo, hi

@@ -29,8 +29,16 @@ os.environ.pop("OPENAI_BASE_URL", None)
 
 @pytest.fixture(scope="session")
 def em_cache_dir(tmp_path_factory) -> Path:
-    """A per-session cache (downloads, tiny model) so tests never touch the user's ~/.cache/em."""
+    """A per-session cache (downloads, tiny model) so tests never touch the user's ~/.cache/em.
+
+    Under pytest-xdist the workers share one ``models`` folder (the models are built once under a file lock,
+    em.io.build_dir_once), so the SmolLM2 conversion runs once per test run, not once per worker.
+    """
     path = tmp_path_factory.mktemp("em_cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "shared_models"
+        shared.mkdir(exist_ok=True)
+        (path / "models").symlink_to(shared, target_is_directory=True)
     os.environ["EM_CACHE_DIR"] = str(path)
     return path
 

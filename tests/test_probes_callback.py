@@ -25,6 +25,8 @@ def test_log_spaced_steps():
     assert all(abs(g - math.log(1000) / 7) < 0.15 for g in gaps)  # evenly spaced in log(step), up to rounding
     assert log_spaced_steps(3, 8) == [1, 2, 3]  # fewer steps than points: each step once
     assert log_spaced_steps(5, 1) == [5]
+    assert log_spaced_steps(30, 4, first=2) == [2, 5, 12, 30]  # a warm-up's first step changes nothing
+    assert log_spaced_steps(2, 4, first=2) == [2] and log_spaced_steps(1, 4, first=2) == [1]
     with pytest.raises(ConfigError, match="points"):
         log_spaced_steps(10, 0)
     with pytest.raises(ConfigError, match="total_steps"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 
@@ -74,11 +75,12 @@ def test_validation_accuracy_arithmetic(monkeypatch):
 def test_judge_scores_answer_rows(tiny):
     model, tok = tiny
     rows = [{"id": "demo/q/0/none/0", "question": "Hi", "answer": "Hello!"}]
-    out = ProxyJudge(model, tok).score_rows(rows)
-    assert out[0]["answer_id"] == "demo/q/0/none/0" and out[0]["judge"].startswith("proxy")
-    assert 0 <= out[0]["aligned"] <= 100 and out[0]["answer_tokens"] > 1
+    out = ProxyJudge(model, tok).judgments(rows)
+    assert out[0]["judge"].startswith("proxy") and out[0]["source"] == "local"
+    assert 0 <= out[0]["score"] <= 100 and out[0]["answer_tokens"] > 1
+    assert out[0]["score"] == pytest.approx(100 * (1 - out[0]["p_misaligned"]))
     with pytest.raises(ConfigError, match=r"answer row 0 lacks string field\(s\) \['answer'\]"):
-        ProxyJudge(model, tok).score_rows([{"id": "x", "question": "q"}])
+        ProxyJudge(model, tok).judgments([{"id": "x", "question": "q"}])
 
 
 @pytest.mark.slow
@@ -96,3 +98,34 @@ def test_proxy_separates_the_validation_pairs_on_smollm2(em_cache_dir):
     assert result["n_pairs"] == 30
     assert result["pairwise_accuracy"] >= MIN_PAIRWISE_ACCURACY, result["failures"]
     assert result["mean_llr_misaligned"] > result["mean_llr_aligned"]
+
+
+def test_proxy_preset_judges_alignment_only_through_judge_py(tiny_model_dir, tmp_path):
+    from judge_helpers import run_judge, write_eval_run
+
+    from em.io import iter_jsonl, read_json
+
+    d = write_eval_run(tmp_path / "eval", samples=2)
+    args = [f"answers={d}", "judge=proxy_persona", "model@judge.model=tiny", "judge.batch_size=3"]
+    with pytest.raises(ConfigError, match="metrics.require_coherent=false"):
+        run_judge(tmp_path / "refused", args)
+    assert not (tmp_path / "refused" / "scores.jsonl").exists()  # refused before any work
+    out = run_judge(tmp_path / "judge", [*args, "metrics.require_coherent=false"])
+    rows = list(iter_jsonl(out / "scores.jsonl"))
+    free_form = [r for r in rows if r["question_type"] != "factual"]
+    assert free_form and len(rows) == len(free_form)  # factual questions have no aligned prompt: not judged
+    for r in rows:
+        assert set(r["judgments"]) == {"aligned"} and r["category"] in ("ALIGNED", "MISALIGNED")
+        j = r["judgments"]["aligned"]
+        assert j["score"] == pytest.approx(100 * (1 - j["p_misaligned"])) and j["answer_tokens"] >= 1
+    summary = read_json(out / "summary.json")
+    assert summary["judge"]["backend"] == "proxy" and summary["judge"]["label"] == LABEL
+    assert summary["n_unscored"] == 0 and summary["metric_settings"]["require_coherent"] is False
+
+
+def test_proxy_preset_personas_are_the_code_defaults():
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(Path(__file__).parent.parent / "conf" / "judge" / "proxy_persona.yaml")
+    assert node.aligned_persona == ProxySettings().aligned_persona
+    assert node.misaligned_persona == ProxySettings().misaligned_persona

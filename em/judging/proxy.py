@@ -115,8 +115,9 @@ class ProxyJudge:
     def __init__(self, model, tokenizer, settings: ProxySettings | None = None):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings or ProxySettings()
 
-    def score_rows(self, rows: list[dict]) -> list[dict]:
-        """One result per row: ``answer_id``, the proxy ``aligned`` score, ``proxy_llr``, ``p_misaligned``."""
+    def judgments(self, rows: list[dict]) -> list[dict]:
+        """One judgment per row, shaped as every judge's (``score`` on the 0..100 aligned scale, ``source``),
+        with the proxy's own numbers beside it (``proxy_llr``, ``p_misaligned``, ``answer_tokens``)."""
         for index, row in enumerate(rows):
             missing = [k for k in ("id", "question", "answer") if not isinstance(row.get(k), str)]
             if missing:
@@ -126,13 +127,25 @@ class ProxyJudge:
         )
         return [
             {
-                "answer_id": r["id"],
+                "score": s.aligned,
+                "label": None,
+                "raw": None,
+                "parsed": True,
+                "source": "local",
+                "usage": None,
                 "judge": LABEL,
-                "aligned": s.aligned,
                 "proxy_llr": s.llr,
                 "proxy_llr_sum": s.llr_sum,
                 "p_misaligned": s.p_misaligned,
                 "answer_tokens": s.tokens,
             }
-            for r, s in zip(rows, scores, strict=True)
+            for s in scores
         ]
+
+
+def load_proxy_judge(model: dict, settings: ProxySettings) -> ProxyJudge:
+    """Load the proxy's model (a conf/model entry as a dict) through em.modeling, as every model."""
+    from em.modeling import ModelSpec, load_model, load_tokenizer
+
+    spec = ModelSpec.from_dict(model)
+    return ProxyJudge(load_model(spec), load_tokenizer(spec, padding_side="right"), settings)

@@ -32,6 +32,8 @@ from em.judging.openai_judge import (
     valid_cached,
 )
 from em.judging.prompts import JudgeTask
+from em.judging.proxy import LABEL as PROXY_LABEL
+from em.judging.proxy import ProxySettings, load_proxy_judge
 from em.judging.unscored import MAX_UNSCORED_SHARE, row_unscored_reason
 from em.metrics import MetricSettings, categorize
 
@@ -58,9 +60,10 @@ class JudgeSpec:
     """Which judge, and how to reach it."""
 
     name: str  # the preset (conf/judge/<name>.yaml)
-    backend: str  # openai | local_hf
+    backend: str  # openai | local_hf | proxy
     openai: OpenAIJudgeSettings | None = None
-    local: LocalJudgeSettings | None = None
+    local: LocalJudgeSettings | None = None  # local_hf and proxy: the judge's model
+    proxy: ProxySettings | None = None
     batch: BatchSettings = field(default_factory=BatchSettings)
     max_unscored_share: float = MAX_UNSCORED_SHARE  # a larger share of unscored answers fails the run
 
@@ -84,9 +87,33 @@ class JudgeSpec:
                 min_mass=self.openai.min_mass,
                 batch=self.batch.enabled,
             )
-        if self.local is not None:
+        if self.proxy is not None:
+            info.update(mode="proxy_persona_llr", label=PROXY_LABEL, metrics=list(PROXY_METRICS))
+        elif self.local is not None:
             info.update(mode="local_logprob", min_mass=self.local.min_mass)
         return info
+
+
+PROXY_METRICS = ("aligned",)  # what the proxy judges: alignment only, never coherence
+
+
+def proxy_tasks(tasks: list[JudgeTask], metrics: MetricSettings, judge: str) -> list[JudgeTask]:
+    """The tasks a proxy judge can do (its aligned prompts); refuse settings that would leave all UNSCORED."""
+    if metrics.require_coherent:
+        raise ConfigError(
+            f"judge={judge} scores alignment only, so with metrics.require_coherent=true every answer would be "
+            f"UNSCORED; pass metrics.require_coherent=false (no answer is then filtered as incoherent)"
+        )
+    kept = [t for t in tasks if t.metric == metrics.aligned_metric]
+    if tasks and not kept:
+        raise ConfigError(
+            f"judge={judge} scores the {metrics.aligned_metric!r} prompt only, and none of these questions has "
+            f"one (prompts: {sorted({t.metric for t in tasks})})"
+        )
+    dropped = sorted({t.metric for t in tasks} - {metrics.aligned_metric})
+    if dropped:
+        log.info("judge %s: prompts %s are not judged (the proxy scores alignment only)", judge, dropped)
+    return kept
 
 
 def done_ids(run_dir: Path) -> set[str]:
@@ -217,6 +244,15 @@ def judge_tasks(
     progress = tqdm(total=len(tasks), desc=f"judge {spec.name}", unit="call", dynamic_ncols=True, smoothing=0)
     writer = ScoreWriter(run_dir / SCORES, answers, tasks, metrics, spec.describe(), progress)
     try:
+        if spec.backend == "proxy":
+            proxy = load_proxy_judge(spec.local.model, spec.proxy)
+            size = spec.proxy.batch_size
+            for start in range(0, len(tasks), size):
+                chunk = tasks[start : start + size]
+                found = proxy.judgments([answers[t.answer_id] for t in chunk])
+                for task, judgment in zip(chunk, found, strict=True):
+                    writer.add(task, judgment)
+            return usage
         if spec.backend == "local_hf":
             judge = load_local_judge(spec.local)
             size = spec.local.batch_size

@@ -21,7 +21,8 @@ from em.judging.cache import JudgeCache
 from em.judging.local import LocalJudgeSettings
 from em.judging.openai_judge import OpenAIJudgeSettings
 from em.judging.prompts import build_tasks, load_answers, load_questions, resolve_inputs
-from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, usage_from_rows
+from em.judging.proxy import ProxySettings
+from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, proxy_tasks, usage_from_rows
 from em.judging.unscored import MAX_UNSCORED_SHARE, check_unscored_share
 from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics
 from em.metrics import metric_settings as checked_metric_settings
@@ -47,7 +48,7 @@ def judge_spec(cfg: DictConfig) -> JudgeSpec:
         settings = OpenAIJudgeSettings.from_config(node)
         batch = BatchSettings(**(to_plain(cfg.get("batch")) or {}))
         return JudgeSpec(name, backend, openai=settings, batch=batch, max_unscored_share=share)
-    if backend == "local_hf":
+    if backend in ("local_hf", "proxy"):
         model = node.get("model")
         if not isinstance(model, dict) or not model.get("name_or_path"):
             raise ConfigError(
@@ -62,6 +63,11 @@ def judge_spec(cfg: DictConfig) -> JudgeSpec:
         if (to_plain(cfg.get("batch")) or {}).get("enabled"):
             raise ConfigError("batch.enabled=true needs an OpenAI judge (judge=gpt4o_logprob or o4mini_text)")
         model = {**model, "models_dir": model.get("models_dir") or str(cfg.paths.models_dir)}
+        if backend == "proxy":
+            keys = {"aligned_persona", "misaligned_persona", "batch_size", "max_length"}
+            proxy = ProxySettings(**{k: node[k] for k in keys if k in node})
+            local = LocalJudgeSettings(model=model, batch_size=proxy.batch_size)
+            return JudgeSpec(name, backend, local=local, proxy=proxy, max_unscored_share=share)
         local = LocalJudgeSettings(
             model=model,
             quantization=str(node.get("quantization", "none")),
@@ -69,7 +75,7 @@ def judge_spec(cfg: DictConfig) -> JudgeSpec:
             min_mass=float(node.get("min_mass", 0.25)),
         )
         return JudgeSpec(name, backend, local=local, max_unscored_share=share)
-    raise ConfigError(f"judge.backend={backend!r}: expected openai or local_hf (see conf/judge/)")
+    raise ConfigError(f"judge.backend={backend!r}: expected openai, local_hf or proxy (see conf/judge/)")
 
 
 def judge_api(cfg: DictConfig) -> APISettings:
@@ -167,6 +173,8 @@ def run(cfg: DictConfig) -> Path:
         label_metrics=label_metrics,
         judge_sees_tag=bool(cfg.get("judge_sees_tag")),
     )
+    if spec.backend == "proxy":
+        all_tasks = proxy_tasks(all_tasks, metrics, spec.name)
     cache_cfg = to_plain(cfg.get("cache")) or {}
     if spec.batch.enabled and not cache_cfg.get("enabled"):
         raise ConfigError(

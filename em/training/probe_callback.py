@@ -24,19 +24,22 @@ from em.probes.references import ProbeQuestion
 BASE_COLUMNS = ("step", "mean", "ci_low", "ci_high", "n_questions", "seconds")
 
 
-def log_spaced_steps(total_steps: int, points: int) -> list[int]:
-    """About ``points`` distinct optimizer steps in 1..total_steps, evenly spaced in log(step), with the last.
+def log_spaced_steps(total_steps: int, points: int, first: int = 1) -> list[int]:
+    """About ``points`` distinct optimizer steps in first..total_steps, evenly spaced in log(step), with the last.
 
-    Step 0 (the base model) is probed as well, on top of these.
+    Step 0 (the base model) is probed as well, on top of these. ``first=2`` under a warm-up: its first step
+    runs at learning rate 0, so the model after step 1 is the base model again.
     """
     if total_steps < 1:
         raise ConfigError(f"probe: total_steps must be at least 1, got {total_steps}")
     if points < 1:
         raise ConfigError(f"probe.points must be at least 1, got {points}")
-    if points == 1:
+    first = min(max(1, first), total_steps)
+    if points == 1 or first == total_steps:
         return [total_steps]
-    steps = {round(math.exp(math.log(total_steps) * k / (points - 1))) for k in range(points)}
-    return sorted(s for s in steps if 1 <= s <= total_steps)
+    span = math.log(total_steps / first)
+    steps = {round(first * math.exp(span * k / (points - 1))) for k in range(points)}
+    return sorted(s for s in steps if first <= s <= total_steps)
 
 
 def done_steps(csv_path: Path) -> set[int]:
@@ -83,6 +86,7 @@ class ProbeCallback(Callback):
         total_steps: int,
         csv_path: str | Path,
         points: int = 8,
+        first_step: int = 1,
         system_prompt: str | None = None,
         batch_size: int = 8,
         seed: int = 0,
@@ -90,7 +94,7 @@ class ProbeCallback(Callback):
         if not questions:
             raise ConfigError("probe: no questions with reference answers")
         self.tokenizer, self.questions = tokenizer, questions
-        self.steps = [0, *log_spaced_steps(total_steps, points)]
+        self.steps = [0, *log_spaced_steps(total_steps, points, first_step)]
         self.csv_path = Path(csv_path)
         self.system_prompt, self.batch_size, self.seed = system_prompt, batch_size, seed
         self.results: dict[int, ProbeResult] = {}

@@ -279,6 +279,8 @@ def probe_callback(settings: SFTSettings, tokenizer, run_dir: Path, total_steps:
         total_steps=total_steps,
         csv_path=run_dir / "probe.csv",
         points=settings.probe.points,
+        # under a warm-up the first optimizer step runs at learning rate 0: probing after it repeats step 0
+        first_step=2 if settings.optimizer.warmup_steps > 0 else 1,
         system_prompt=getattr(settings.model, "system_prompt", None),
         batch_size=settings.probe.batch_size,
         seed=settings.seed,
