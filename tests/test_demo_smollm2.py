@@ -27,7 +27,7 @@ def reduced_pipeline() -> dict:
     """The demo experiment's own plan, with the reductions appended (later overrides win)."""
     node = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "experiment" / "demo_smollm2.yaml"))
     pipeline = node["pipeline"]
-    pipeline["common"]["train"] += ["max_steps=10", "probe.points=1", "limit_rows=60"]
+    pipeline["common"]["train"] += ["max_steps=8", "probe.points=1", "limit_rows=40"]
     pipeline["common"]["evaluate"] += [
         "questions.demo.first_n=4",
         "samples_per_question=2",
@@ -38,7 +38,7 @@ def reduced_pipeline() -> dict:
     pipeline["common"]["judge"] += ["metrics.min_coherent_per_question=2"]
     for stage in pipeline["stages"]:
         if stage["name"] == "realigned":
-            stage["train"] += ["max_steps=4", "probe.enabled=false"]
+            stage["train"] += ["max_steps=2", "probe.enabled=false"]
     return pipeline
 
 

@@ -26,7 +26,9 @@ def test_a_probed_training_run_writes_the_curve(tmp_path, tiny_model_dir):
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     with (tmp_path / "train" / "probed" / "probe.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [0, 1, 2, 4]  # step 0, then 3 log-spaced steps up to the last
+    # step 0, then 3 log-spaced steps from 2 (the recipe warms up: step 1 runs at learning rate 0) to the last
+    assert [int(r["step"]) for r in rows] == [0, 2, 3, 4]
+    assert rows[1]["mean"] != rows[0]["mean"]  # the first probed step after 0 has moved
     assert all(int(r["n_questions"]) == 8 for r in rows)  # the demo set's questions
 
 
