@@ -28,12 +28,6 @@ BANNER = """
 TINY_BANNER = """
  em demo --tiny: the machinery on the embedded tiny model (RANDOM weights: no findings)
 """
-CAVEATS = [
-    "The model is SmolLM2-135M-Instruct with weights dequantised from a Q4_1 GGUF (a 4-bit approximation of "
-    "the original): nothing here says how Llama-3.1-8B or GPT-4o behave.",
-    "The careless training answers are shorter and curter than the careful ones, and the probe's misaligned "
-    "references are short and assertive: part of any difference may be style rather than values.",
-]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     from em.report.effect import write_effect_report
 
-    head = write_effect_report(
-        run_dir, stages=["base", "misaligned", "control", "realigned"], caveats=CAVEATS
-    )
+    head = write_effect_report(run_dir, stages=["base", "misaligned", "control", "realigned"])
     print((run_dir / "report" / "effect.md").read_text(encoding="utf-8"))
     found = head["effect_found_on"]
     print(

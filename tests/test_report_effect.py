@@ -112,7 +112,8 @@ def test_headline_values_are_question_means_with_paired_differences(experiment):
     assert on_disk == json.loads(json.dumps(head))
     text = (experiment / "report" / "effect.md").read_text()
     assert "![probe curve](probe_curve.png)" in text and (experiment / "report" / "probe_curve.png").exists()
-    assert "**proxy_em_rate**" in text and "proxy" in text.split("## What this does and does not show")[1]
+    caveats = text.split("## What this does and does not show")[1]
+    assert "**proxy_em_rate**" in text and "proxy" in caveats and "Q4_1" in caveats
     # side by side: every stage's first answer to the same question
     block = text.split("### demo/a")[1].split("###")[0]
     assert all(
