@@ -15,19 +15,17 @@ Placeholders in stage overrides: ``@<stage>`` is the train run directory of that
 from __future__ import annotations
 
 import logging
-import os
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from em.api import ConfigError
-from em.runs import is_complete
+from em.schedule import Step, StepFailed, check_jobs, run_steps
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("train", "evaluate", "judge")
+STEP_COST = {"train": 3.0, "evaluate": 1.0, "judge": 1.0}  # rough relative run times, for the order of jobs>1
 
 
 @dataclass
@@ -130,34 +128,72 @@ def step_command(plan: PipelinePlan, stage: Stage, step: str) -> list[str] | Non
     return [sys.executable, str(REPO / f"{step}.py"), *args]
 
 
-def run_plan(plan: PipelinePlan, *, dry_run: bool = False, env: dict | None = None) -> list[Path]:
-    """Run (or, with ``dry_run``, print) every step; return the judge run directories in stage order."""
-    judge_dirs = []
+def _needs(plan: PipelinePlan, stage: Stage, step: str) -> tuple[str, ...]:
+    """What a step reads: its own stage's previous step, and the train run of every ``@<stage>`` it names."""
+    own = {"train": stage.train or [], "evaluate": stage.evaluate, "judge": stage.judge}[step]
+    needs = []
+    if step == "evaluate" and stage.train is not None:
+        needs.append(f"{stage.name}/train")
+    if step == "judge":
+        needs.append(f"{stage.name}/evaluate")
+    for arg in [*plan.common.get(step, []), *own]:
+        if "=@" in arg:
+            ref = arg.split("=@", 1)[1]
+            key = f"{stage.name}/{ref}" if ref in STEPS else f"{ref}/train"
+            if key != f"{stage.name}/{step}" and key not in needs:
+                needs.append(key)
+    return tuple(needs)
+
+
+def plan_steps(plan: PipelinePlan) -> list[Step]:
+    """Every step of the plan in stage order, with the steps it needs (see em.schedule)."""
+    steps = []
     for stage in plan.stages:
         for step in STEPS:
             cmd = step_command(plan, stage, step)
-            if cmd is None:
-                continue
-            target = step_dir(plan, stage, step)
-            pretty = " ".join(shlex.quote(c) for c in cmd[1:])
-            if dry_run:
-                print(f"[{stage.name}/{step}] python {pretty}")
-                continue
-            if is_complete(target):
-                log.info("[%s/%s] complete, skipped (%s)", stage.name, step, target)
-            else:
-                log.info("[%s/%s] python %s", stage.name, step, pretty)
-                result = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})})
-                if result.returncode != 0:
-                    raise RuntimeError(
-                        f"experiment {plan.name!r}: stage {stage.name!r} step {step!r} failed "
-                        f"(exit {result.returncode}); see {target} for its log. Fix the cause and rerun the "
-                        f"same command: finished steps are skipped. To rerun this step alone:\n"
-                        f"  python {pretty}"
-                    )
-            if step == "judge":
-                judge_dirs.append(target)
-    return judge_dirs
+            if cmd is not None:
+                steps.append(
+                    Step(f"{stage.name}/{step}", cmd, step_dir(plan, stage, step), _needs(plan, stage, step))
+                )
+    return steps
+
+
+def run_plan(
+    plan: PipelinePlan,
+    *,
+    dry_run: bool = False,
+    env: dict | None = None,
+    jobs: int = 1,
+    status_every_s: float = 30.0,
+) -> list[Path]:
+    """Run (or, with ``dry_run``, print) every step, ``jobs`` at a time as their needs allow (em.schedule);
+    return the judge run directories in stage order."""
+    check_jobs(jobs)
+    steps = plan_steps(plan)
+    if dry_run:
+        for s in steps:
+            print(
+                f"[{s.key}] {s.pretty}" + (f"   # after {', '.join(s.needs)}" if s.needs and jobs > 1 else "")
+            )
+    else:
+        try:
+            run_steps(
+                steps,
+                jobs=jobs,
+                env=env,
+                log_dir=plan.out_dir / "logs",
+                status_every_s=status_every_s,
+                cwd=REPO,
+            )
+        except StepFailed as e:
+            stage, step = e.step.key.split("/")
+            where = f"{e.log_path} and {e.step.target}" if e.log_path else str(e.step.target)
+            raise RuntimeError(
+                f"experiment {plan.name!r}: stage {stage!r} step {step!r} failed (exit {e.code}); see {where} "
+                f"for its log. Fix the cause and rerun the same command: finished steps are skipped. "
+                f"To rerun this step alone:\n  {e.step.pretty}"
+            ) from e
+    return [s.target for s in steps if s.key.endswith("/judge")]
 
 
 def main() -> None:

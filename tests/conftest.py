@@ -25,6 +25,12 @@ os.environ.update(
 )
 os.environ.pop("WANDB_API_KEY", None)
 os.environ.pop("OPENAI_BASE_URL", None)
+# Under pytest-xdist, the cores shared out between the workers, for them and every process they start: torch's
+# default (a thread per core in each worker) oversubscribes the CPU; measured 22% slower on 2 cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
+    os.environ.setdefault("MKL_NUM_THREADS", _threads)
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from em.api import ConfigError
-from em.probes.loglik import answer_logprobs, conversation
-from em.probes.references import AnswerPair
+
+if TYPE_CHECKING:  # torch is imported only when a proxy judge scores: API judge runs start without it
+    from em.probes.references import AnswerPair
 
 LABEL = "proxy: persona log-likelihood ratio (not the EM paper's GPT-4o judge)"
 # Project-authored persona system prompts: the two ends of the scale the proxy measures.
@@ -69,6 +71,8 @@ def proxy_scores(
     model, tokenizer, items: list[tuple[str, str]], settings: ProxySettings | None = None
 ) -> list[ProxyScore]:
     """Score ``(question, answer)`` pairs; one :class:`ProxyScore` each, in order."""
+    from em.probes.loglik import answer_logprobs, conversation
+
     s = settings or ProxySettings()
     kwargs = {"batch_size": s.batch_size, "max_length": s.max_length, "model_name": "proxy judge"}
     bad = answer_logprobs(

@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> Path:
         )
     out_dir = hydra_run_dir()
     plan = plan_from_dict(name, out_dir, to_plain(cfg.get("pipeline")) or {})
-    judge_dirs = run_plan(plan, dry_run=bool(cfg.get("dry_run")))
+    judge_dirs = run_plan(plan, dry_run=bool(cfg.get("dry_run")), jobs=cfg.get("jobs", 1))
     if cfg.get("dry_run"):
         return out_dir
     from em.report import build_report
