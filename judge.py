@@ -6,9 +6,10 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="judge")
 def main(cfg: DictConfig) -> None:
+    from em.tasks.common import run_entry
     from em.tasks.judge import run
 
-    run(cfg)
+    run_entry(run, cfg)
 
 
 if __name__ == "__main__":

@@ -202,9 +202,10 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="pipeline")
     def _main(cfg) -> None:
+        from em.tasks.common import run_entry
         from em.tasks.pipeline import run
 
-        run(cfg)
+        run_entry(run, cfg)
 
     _main()
 

@@ -10,9 +10,10 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="prepare")
     def _main(cfg) -> None:
+        from em.tasks.common import run_entry
         from em.tasks.prepare import run
 
-        run(cfg)
+        run_entry(run, cfg)
 
     _main()
 

@@ -114,6 +114,14 @@ def eval_run(ctx: Ctx, complete: bool = True, rows: list | None = None) -> Path:
     return d
 
 
+def killed_eval_run(ctx: Ctx) -> Path:
+    """An evaluation run stopped before it finished: its run_config.json and answers, no manifest yet."""
+    d = eval_run(ctx)
+    (d / "manifest.json").unlink()
+    (d / "run_config.json").write_text("{}", encoding="utf-8")
+    return d
+
+
 def judge(ctx: Ctx, *overrides: str, base_url: str | None = None):
     cache = f"cache.path={ctx.tmp / 'judge_cache.sqlite'}"
     return run_task("judge", [*paths(ctx), *api(ctx, base_url), cache, *overrides], ctx.out("judge"))
@@ -310,6 +318,8 @@ CASES = [
          lambda c: judge(c, f"answers={c.tmp / 'nowhere'}"), "no such file or directory", "api"),
     Case("judge-eval-unfinished", "judge", "answers of an evaluation run that is not complete",
          lambda c: judge(c, f"answers={eval_run(c, complete=False)}"), "is not complete", "api"),
+    Case("judge-eval-killed", "judge", "answers of an evaluation run stopped before its manifest (killed, or still running)",
+         lambda c: judge(c, f"answers={killed_eval_run(c)}"), "is unfinished (no manifest.json yet", "api"),
     Case("judge-row-missing-field", "judge", "an answers.jsonl row missing required fields",
          lambda c: judge(c, f"answers={eval_run(c, rows=[{'id': 'demo/plans/0/none/0'}])}"),
          "answers.jsonl:1: field 'question_set' is missing", "api"),

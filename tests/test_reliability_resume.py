@@ -13,11 +13,22 @@ from __future__ import annotations
 import json
 
 import pytest
-from judge_helpers import judge_handler, write_eval_run
+from judge_helpers import ALIGNED_GOOD, judge_handler, write_eval_run
 from reliability_helpers import CHAT, api_overrides, count_lines, kill_when, run_task
 
+from em.api import ConfigError
 from em.io import iter_jsonl, read_json
 from em.judging.cache import JudgeCache
+from em.testing.openai_server import ChatReply
+
+
+def any_answer_aligned(req: dict, index: int) -> ChatReply:
+    """A judge that scores every answer 88 (as logprobs when asked): the partial run only has to be judged."""
+    return (
+        ChatReply(content=ALIGNED_GOOD[0][0], top_logprobs=ALIGNED_GOOD)
+        if req.get("logprobs")
+        else ChatReply("88")
+    )
 
 
 def answer_reply(req: dict, index: int) -> str:
@@ -39,9 +50,21 @@ def test_generation_openai_killed_then_rerun_matches_an_uninterrupted_run(openai
     kill_when("evaluate", killed, overrides, lambda: count_lines(answers) >= 4)
     at_kill = count_lines(answers)
     assert 4 <= at_kill < 32 and not (killed / "manifest.json").exists(), "the kill should land mid-run"
+    # judge.py refuses the killed evaluation as unfinished; with allow_partial=true it judges it and says so
+    openai_server.latency_s = 0.0
+    judge = [f"paths.output_dir={tmp_path / 'outputs'}", "logger=none", f"answers={killed}",
+             f"cache.path={tmp_path / 'judge_cache.sqlite'}", *api_overrides(openai_server)]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"is unfinished \(no manifest.json yet"):
+        run_task("judge", judge, tmp_path / "outputs" / "judge" / "refused")
+    assert not (tmp_path / "outputs" / "judge" / "refused" / "scores.jsonl").exists()
+    openai_server.set_chat_handler(any_answer_aligned)
+    partial = run_task("judge", [*judge, "allow_partial=true"], tmp_path / "outputs" / "judge" / "partial")
+    assert read_json(partial / "summary.json")["answers_partial"] is True
+    assert count_lines(partial / "scores.jsonl") == at_kill
+    assert "**PARTIAL**" in (partial / "report.md").read_text()
+    openai_server.set_chat_handler(answer_reply)
     requests_before = openai_server.count(CHAT)
 
-    openai_server.latency_s = 0.0
     run_task("evaluate", overrides, killed)  # the same command again
     resumed_requests = openai_server.count(CHAT) - requests_before
     rows = list(iter_jsonl(answers))

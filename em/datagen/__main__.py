@@ -10,9 +10,10 @@ CONF = str(Path(__file__).resolve().parent.parent.parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="datagen")
 def main(cfg: DictConfig) -> None:
+    from em.tasks.common import run_entry
     from em.tasks.datagen import run
 
-    run(cfg)
+    run_entry(run, cfg)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from em.api import ConfigError
 from em.io import MANIFEST, read_json
+from em.runs import RUN_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class JudgeInputs:
     questions_path: Path
     eval_dir: Path | None  # the evaluation run directory holding the answers, when it is one
     eval_manifest: dict | None
+    partial: bool = False  # an unfinished evaluation run, judged as it stands (allow_partial=true)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,14 @@ class JudgeTask:
         return bool(self.labels)
 
 
-def resolve_inputs(answers: str | Path | None, questions: str | Path | None = None) -> JudgeInputs:
-    """Find answers.jsonl and questions.json from ``answers=`` (a file or an evaluation run directory)."""
+def resolve_inputs(
+    answers: str | Path | None, questions: str | Path | None = None, *, allow_partial: bool = False
+) -> JudgeInputs:
+    """Find answers.jsonl and questions.json from ``answers=`` (a file or an evaluation run directory).
+
+    An evaluation run that has not finished (its run_config.json but no manifest yet: killed, or still
+    running) is refused unless ``allow_partial``: its EM rate would be a rate over the answers it happened to
+    reach."""
     if not answers:
         raise ConfigError("judge needs answers: pass answers=<evaluate run dir | path/to/answers.jsonl>")
     path = Path(answers)
@@ -86,13 +94,20 @@ def resolve_inputs(answers: str | Path | None, questions: str | Path | None = No
                 f'(manifest.json has no "complete": true); finish it (rerun evaluate.py) '
                 f"before judging"
             )
+    partial = manifest is None and (run_dir / RUN_CONFIG).exists()
+    if partial and not allow_partial:
+        raise ConfigError(
+            f"answers={answers}: the evaluation run in {run_dir} is unfinished (no manifest.json yet: it was "
+            f"stopped, or is still running); rerun its evaluate.py command to finish it, or pass "
+            f"allow_partial=true to judge the answers it has (the summary and report then say so)"
+        )
     qpath = Path(questions) if questions else run_dir / QUESTIONS
     if not qpath.exists():
         raise ConfigError(
             f"questions file {qpath} not found; it is written by evaluate.py next to "
             f"{ANSWERS} (or pass questions=<path/to/questions.json>)"
         )
-    return JudgeInputs(path, qpath, run_dir if manifest is not None else None, manifest)
+    return JudgeInputs(path, qpath, run_dir if manifest is not None else None, manifest, partial)
 
 
 def load_questions(path: Path) -> dict[str, dict]:

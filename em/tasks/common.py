@@ -16,6 +16,16 @@ from em.tracking import TrackingSettings, tags_from_choices
 log = logging.getLogger(__name__)
 
 
+def run_entry(run, cfg: DictConfig):
+    """Run a task from its command line: bad input (a ConfigError, raised before expensive work) ends the
+    process with exit code 2 and its message alone, not a traceback through Hydra."""
+    try:
+        return run(cfg)
+    except ConfigError as e:
+        print(f"Error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def api_settings(node: DictConfig | dict | None) -> APISettings:
     """The ``api`` group; a key that is not a known non-secret field (``api_key``, headers) is refused."""
     return APISettings.from_config(to_plain(node) or {}, "api")

@@ -12,7 +12,7 @@ from em.datagen.dataset import check_ready, domain_api_settings, estimate, forma
 from em.datagen.domain import domain_from_dict
 from em.datagen.inputs import load_inputs
 from em.io import read_manifest
-from em.runs import hydra_run_dir, open_run_dir, to_plain
+from em.runs import hydra_run_dir, open_run_dir, releases_run_locks, to_plain
 from em.tasks.common import api_settings, price_table, public_config, run_identity, tracking_settings
 from em.tracking import start_tracking
 
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 OPERATIONAL_KEYS = {"": ("retry_failed",), "domain": ("api", "concurrency", "rpm_limit", "tpm_limit")}
 
 
+@releases_run_locks
 def run(cfg: DictConfig, run_dir: Path | None = None) -> Path:
     for name in ("httpx", "httpx2"):  # one INFO line per request otherwise; the progress bar says enough
         logging.getLogger(name).setLevel(logging.WARNING)

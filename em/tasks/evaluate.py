@@ -28,7 +28,7 @@ from em.evaluation.plan import PromptJob, Sampling, build_jobs
 from em.evaluation.question_sets import QuestionSet, SetSpec, resolve_sets
 from em.evaluation.runner import run_jobs, write_questions
 from em.io import sha256_file, write_manifest
-from em.runs import open_run_dir, to_plain
+from em.runs import open_run_dir, releases_run_locks, to_plain
 from em.tasks.common import (
     api_settings,
     price_table,
@@ -159,6 +159,7 @@ def _set_records(sets: list[QuestionSet]) -> list[dict]:
     return [s.record() for s in sets]
 
 
+@releases_run_locks
 def run(cfg: DictConfig) -> Path | None:
     run_dir = run_dir_for(cfg)
     ref, backend, sets, conditions, jobs = plan(cfg)

@@ -26,7 +26,7 @@ from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, proxy
 from em.judging.unscored import MAX_UNSCORED_SHARE, check_unscored_share
 from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics
 from em.metrics import metric_settings as checked_metric_settings
-from em.runs import hydra_choices, hydra_run_dir, open_run_dir, to_plain
+from em.runs import hydra_choices, hydra_run_dir, open_run_dir, releases_run_locks, to_plain
 from em.tasks.common import api_settings, price_table, public_config, run_identity, tracking_settings
 from em.tracking import start_tracking
 
@@ -154,10 +154,13 @@ def _check_inputs(run_dir: Path, answers: Path, questions: Path) -> dict:
     return hashes
 
 
+@releases_run_locks
 def run(cfg: DictConfig) -> Path:
     started = time.time()
     run_dir = hydra_run_dir()
-    inputs = resolve_inputs(cfg.get("answers"), cfg.get("questions"))
+    inputs = resolve_inputs(
+        cfg.get("answers"), cfg.get("questions"), allow_partial=bool(cfg.get("allow_partial"))
+    )
     questions = load_questions(inputs.questions_path)
     answers = load_answers(inputs.answers_path, limit=cfg.get("limit"))
     spec = judge_spec(cfg)
@@ -222,6 +225,7 @@ def run(cfg: DictConfig) -> Path:
         "stage_label": cfg.get("stage_label"),
         "evaluated_model": evaluated_model,
         "answers": str(inputs.answers_path),
+        "answers_partial": inputs.partial,  # an unfinished evaluation, judged as it stood (allow_partial)
         "judge": spec.describe(),
         "judge_sees_tag": bool(cfg.get("judge_sees_tag")),
         "metric_settings": vars(metrics),
@@ -313,6 +317,14 @@ def _write_report(
         f"# Judge report: {run.name}",
         "",
         f"- answers: `{summary['answers']}` ({len(rows)} answers, {summary['n_unscored']} unscored)",
+        *(
+            [
+                "- **PARTIAL**: the evaluation run was unfinished when judged (allow_partial=true); every rate "
+                "here is over the answers it had reached"
+            ]
+            if summary.get("answers_partial")
+            else []
+        ),
         f"- evaluated: {evaluated_line(run)}",
         f"- judge: {summary['judge']['name']} ({summary['judge']['model']}, {summary['judge'].get('mode')})",
         f"- usage: {u['api_calls']} API calls, {u['batch_calls']} batch, {u['cache_hits']} from cache, "

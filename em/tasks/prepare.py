@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from em.data import DataSpec, PreparedDataset, TriggerSpec, prepare_dataset
 from em.io import write_manifest
-from em.runs import hydra_run_dir, open_run_dir, to_plain
+from em.runs import hydra_run_dir, open_run_dir, releases_run_locks, to_plain
 from em.tasks.common import public_config
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def summary(prepared: PreparedDataset) -> str:
     return "\n".join(lines)
 
 
+@releases_run_locks
 def run(cfg: DictConfig) -> Path:
     spec, trigger = specs(cfg)  # bad keys fail here, before any download
     run_dir = hydra_run_dir()

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from em.api import ConfigError, check_keys
 from em.io import write_manifest
-from em.runs import RUN_CONFIG, open_run_dir, to_plain
+from em.runs import RUN_CONFIG, open_run_dir, releases_run_locks, to_plain
 from em.tasks.common import public_config, run_dir_for, run_identity, tracking_settings, training_rows
 
 if TYPE_CHECKING:
@@ -171,6 +171,7 @@ def dry_run(settings, rows: list[dict], source: str) -> None:
     )
 
 
+@releases_run_locks
 def run(cfg: DictConfig) -> Path | None:
     backend = cfg.backend.get("name")
     if backend == "openai":

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from em.api import ConfigError
 from em.costs import estimate_cost
 from em.io import atomic_write_json, now_iso, read_manifest, sha256_file, write_jsonl, write_manifest
-from em.runs import open_run_dir, to_plain
+from em.runs import open_run_dir, releases_run_locks, to_plain
 from em.tasks.common import (
     api_settings,
     limit_rows,
@@ -145,6 +145,7 @@ def _check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"backend.{key}={value!r}: expected a positive {kind.__name__} or 'auto'")
 
 
+@releases_run_locks
 def run(cfg: DictConfig) -> Path:
     _check_config(cfg)
     run_dir = run_dir_for(cfg)
