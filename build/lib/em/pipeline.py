@@ -1,0 +1,214 @@
+"""One command for a full loop: ``python -m em.pipeline experiment=<name>``.
+
+An experiment (``conf/experiment/<name>.yaml``) is a chain of stages, e.g. base -> misaligned -> realigned.
+Each stage may train (possibly from the previous stage's adapter or fine-tuned model), then evaluates and
+judges. Every step runs as its own ``train.py`` / ``evaluate.py`` / ``judge.py`` process with explicit
+overrides, exactly the commands a researcher could type, into
+``<pipeline run dir>/<stage>/{train,evaluate,judge}``. A step whose run directory already holds a complete
+manifest is skipped, so rerunning the command after a failure resumes where it stopped; a step that fails
+stops the chain with the command to reproduce it. The chain ends with the side-by-side report of all stages.
+
+Placeholders in stage overrides: ``@<stage>`` is the train run directory of that stage (for
+``init_from=@misaligned``), ``@train``, ``@evaluate`` the current stage's own directories.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from em.api import ConfigError
+from em.schedule import Step, StepFailed, check_jobs, run_steps
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+STEPS = ("train", "evaluate", "judge")
+STEP_COST = {"train": 3.0, "evaluate": 1.0, "judge": 1.0}  # rough relative run times, for the order of jobs>1
+
+
+@dataclass
+class Stage:
+    name: str
+    train: list[str] | None = None  # None: no training (evaluate the base model or a given run)
+    evaluate: list[str] = field(default_factory=list)
+    judge: list[str] = field(default_factory=list)
+    label: str | None = None  # shown in reports (base / misaligned / realigned)
+
+
+@dataclass
+class PipelinePlan:
+    name: str
+    out_dir: Path
+    stages: list[Stage]
+    common: dict[str, list[str]] = field(default_factory=dict)  # overrides for every stage's step
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def plan_from_dict(name: str, out_dir: Path, pipeline: dict) -> PipelinePlan:
+    """Build a typed plan from the ``pipeline`` node of an experiment config."""
+    if not pipeline or not pipeline.get("stages"):
+        raise ConfigError(
+            f"experiment {name!r}: `pipeline.stages` is empty; expected a list of stages "
+            f"with a `name` and optional `train`, `evaluate`, `judge` override lists"
+        )
+    common = {step: _as_list((pipeline.get("common") or {}).get(step)) for step in STEPS}
+    stages, seen = [], set()
+    for i, raw in enumerate(pipeline["stages"]):
+        if not isinstance(raw, dict) or not raw.get("name"):
+            raise ConfigError(f"experiment {name!r}: pipeline.stages[{i}] needs a `name`")
+        if raw["name"] in seen:
+            raise ConfigError(f"experiment {name!r}: stage name {raw['name']!r} is used twice")
+        unknown = set(raw) - {"name", "train", "evaluate", "judge", "label"}
+        if unknown:
+            raise ConfigError(f"experiment {name!r}: pipeline.stages[{i}] has unknown keys {sorted(unknown)}")
+        seen.add(raw["name"])
+        train = raw.get("train")
+        stages.append(
+            Stage(
+                name=raw["name"],
+                train=None if train is None else _as_list(train),
+                evaluate=_as_list(raw.get("evaluate")),
+                judge=_as_list(raw.get("judge")),
+                label=raw.get("label") or raw["name"],
+            )
+        )
+    return PipelinePlan(name=name, out_dir=Path(out_dir), stages=stages, common=common)
+
+
+def step_dir(plan: PipelinePlan, stage: Stage, step: str) -> Path:
+    return plan.out_dir / stage.name / step
+
+
+def _substitute(args: list[str], plan: PipelinePlan, stage: Stage) -> list[str]:
+    names = {s.name for s in plan.stages}
+    out = []
+    for arg in args:
+        if "=@" in arg:
+            key, ref = arg.split("=@", 1)
+            if ref in STEPS:
+                target = step_dir(plan, stage, ref)
+            elif ref in names:
+                target = step_dir(plan, next(s for s in plan.stages if s.name == ref), "train")
+            else:
+                raise ConfigError(
+                    f"experiment {plan.name!r}, stage {stage.name!r}: `{arg}` refers to "
+                    f"unknown stage {ref!r} (stages: {sorted(names)})"
+                )
+            arg = f"{key}={target}"
+        out.append(arg)
+    return out
+
+
+def step_command(plan: PipelinePlan, stage: Stage, step: str) -> list[str] | None:
+    """The exact command line of one step (None when the stage has no such step)."""
+    if step == "train" and stage.train is None:
+        return None
+    own = {"train": stage.train or [], "evaluate": stage.evaluate, "judge": stage.judge}[step]
+    args = list(plan.common.get(step, [])) + list(own)
+    if step == "evaluate" and stage.train is not None:
+        args.append(f"run={step_dir(plan, stage, 'train')}")
+    if step == "judge":
+        args.append(f"answers={step_dir(plan, stage, 'evaluate')}")
+        args.append(f"++stage_label={stage.label}")
+    args = _substitute(args, plan, stage)
+    args += [
+        f"hydra.run.dir={step_dir(plan, stage, step)}",
+        f"run_name={plan.name}-{stage.name}-{step}",
+        f"experiment_name={plan.name}",
+    ]
+    return [sys.executable, str(REPO / f"{step}.py"), *args]
+
+
+def _needs(plan: PipelinePlan, stage: Stage, step: str) -> tuple[str, ...]:
+    """What a step reads: its own stage's previous step, and the train run of every ``@<stage>`` it names."""
+    own = {"train": stage.train or [], "evaluate": stage.evaluate, "judge": stage.judge}[step]
+    needs = []
+    if step == "evaluate" and stage.train is not None:
+        needs.append(f"{stage.name}/train")
+    if step == "judge":
+        needs.append(f"{stage.name}/evaluate")
+    for arg in [*plan.common.get(step, []), *own]:
+        if "=@" in arg:
+            ref = arg.split("=@", 1)[1]
+            key = f"{stage.name}/{ref}" if ref in STEPS else f"{ref}/train"
+            if key != f"{stage.name}/{step}" and key not in needs:
+                needs.append(key)
+    return tuple(needs)
+
+
+def plan_steps(plan: PipelinePlan) -> list[Step]:
+    """Every step of the plan in stage order, with the steps it needs (see em.schedule)."""
+    steps = []
+    for stage in plan.stages:
+        for step in STEPS:
+            cmd = step_command(plan, stage, step)
+            if cmd is not None:
+                steps.append(
+                    Step(f"{stage.name}/{step}", cmd, step_dir(plan, stage, step), _needs(plan, stage, step))
+                )
+    return steps
+
+
+def run_plan(
+    plan: PipelinePlan,
+    *,
+    dry_run: bool = False,
+    env: dict | None = None,
+    jobs: int = 1,
+    status_every_s: float = 30.0,
+) -> list[Path]:
+    """Run (or, with ``dry_run``, print) every step, ``jobs`` at a time as their needs allow (em.schedule);
+    return the judge run directories in stage order."""
+    check_jobs(jobs)
+    steps = plan_steps(plan)
+    if dry_run:
+        for s in steps:
+            print(
+                f"[{s.key}] {s.pretty}" + (f"   # after {', '.join(s.needs)}" if s.needs and jobs > 1 else "")
+            )
+    else:
+        try:
+            run_steps(
+                steps,
+                jobs=jobs,
+                env=env,
+                log_dir=plan.out_dir / "logs",
+                status_every_s=status_every_s,
+                cwd=REPO,
+            )
+        except StepFailed as e:
+            stage, step = e.step.key.split("/")
+            where = f"{e.log_path} and {e.step.target}" if e.log_path else str(e.step.target)
+            raise RuntimeError(
+                f"experiment {plan.name!r}: stage {stage!r} step {step!r} failed (exit {e.code}); see {where} "
+                f"for its log. Fix the cause and rerun the same command: finished steps are skipped. "
+                f"To rerun this step alone:\n  {e.step.pretty}"
+            ) from e
+    return [s.target for s in steps if s.key.endswith("/judge")]
+
+
+def main() -> None:
+    """Hydra entry (``python -m em.pipeline experiment=<name>``); the task layer reads the config."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="pipeline")
+    def _main(cfg) -> None:
+        from em.tasks.common import run_entry
+        from em.tasks.pipeline import run
+
+        run_entry(run, cfg)
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

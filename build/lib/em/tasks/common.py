@@ -1,0 +1,145 @@
+"""Config -> typed settings shared by every task."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from em.api import APISettings, ConfigError
+from em.runs import hydra_choices, hydra_run_dir, to_plain
+from em.tracking import TrackingSettings, tags_from_choices
+
+log = logging.getLogger(__name__)
+
+
+def run_entry(run, cfg: DictConfig):
+    """Run a task from its command line: bad input (a ConfigError, raised before expensive work) ends the
+    process with exit code 2 and its message alone, not a traceback through Hydra."""
+    try:
+        return run(cfg)
+    except ConfigError as e:
+        print(f"Error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def api_settings(node: DictConfig | dict | None) -> APISettings:
+    """The ``api`` group; a key that is not a known non-secret field (``api_key``, headers) is refused."""
+    return APISettings.from_config(to_plain(node) or {}, "api")
+
+
+def check_secret_fields(cfg: DictConfig | dict) -> None:
+    """Refuse a key-bearing or malformed ``api`` / ``judge`` endpoint value (see :class:`SecretGuard`)."""
+    api_settings(cfg.get("api"))
+    judge = cfg.get("judge")
+    if isinstance(judge, dict | DictConfig) and judge.get("backend") == "openai":
+        APISettings().with_endpoint(judge.get("base_url"), judge.get("api_key_env"), "judge")
+
+
+class SecretGuard(Callback):
+    """Hydra callback: checks the ``api`` node before Hydra saves ``.hydra/*.yaml``, so a key passed on
+    the command line (``+api.api_key=...``) is refused before it reaches any file. Every entry has it
+    through ``conf/hydra/default.yaml`` (``hydra.callbacks.secrets``)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _guard(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _guard(config)
+
+
+def _guard(config: DictConfig) -> None:
+    """Exit (status 2) on a refused value: Hydra turns a callback's exceptions into mere warnings."""
+    try:
+        check_secret_fields(_resolved_sections(config))
+    except ConfigError as e:
+        print(f"ConfigError: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _resolved_sections(config: DictConfig) -> dict:
+    """The ``api`` node and the judge's endpoint keys, resolved (they never refer to Hydra's runtime)."""
+    api, judge = config.get("api"), config.get("judge")
+    out = {"api": OmegaConf.to_container(api, resolve=True) if isinstance(api, DictConfig) else api}
+    if isinstance(judge, DictConfig):
+        out["judge"] = {k: judge.get(k) for k in ("backend", "base_url", "api_key_env")}
+    return out
+
+
+def price_table(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    return to_plain(cfg.get("prices")) or {}
+
+
+def tracking_settings(
+    cfg: DictConfig, run_dir: Path, job_type: str, resume_id: str | None = None
+) -> TrackingSettings:
+    logger = to_plain(cfg.get("logger")) or {"backend": "none"}
+    choices = hydra_choices()
+    tags = list(logger.get("tags") or []) + tags_from_choices(choices) + [f"stage:{job_type}"]
+    return TrackingSettings(
+        backend=logger.get("backend", "none"),
+        run_dir=Path(run_dir),
+        run_name=str(cfg.get("run_name") or Path(run_dir).name),
+        job_type=job_type,
+        project=logger.get("project", "emergent-misalignment"),
+        entity=logger.get("entity"),
+        mode=logger.get("mode", "auto"),
+        group=logger.get("group") or cfg.get("experiment_name") or job_type,
+        tags=tags,
+        config=public_config(cfg),
+        resume_id=resume_id,
+    )
+
+
+def public_config(cfg: DictConfig) -> dict:
+    """The resolved config without Hydra internals: what goes to run_config.json, manifests and W&B."""
+    data = to_plain(cfg)
+    data.pop("hydra", None)
+    return data
+
+
+def run_identity(config: dict, operational: dict[str, tuple[str, ...]]) -> dict:
+    """The part of a public config that defines a run directory (resuming with another one is refused):
+    ``config`` without its operational keys, given as ``{section: keys}`` ("" for the top level). Those only
+    say how to run (concurrency, batch size, polling), so they may change between a run and its resumption."""
+    identity = dict(config)
+    for section, keys in operational.items():
+        if not section:
+            identity = {k: v for k, v in identity.items() if k not in keys}
+        elif isinstance(identity.get(section), dict):
+            identity[section] = {k: v for k, v in identity[section].items() if k not in keys}
+    return identity
+
+
+def limit_rows(cfg: DictConfig) -> int | None:
+    """``limit_rows``: null (every row) or a positive number of rows, checked before any work."""
+    limit = cfg.get("limit_rows")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ConfigError(f"limit_rows={limit}: expected null or a positive number of rows")
+    return limit
+
+
+def training_rows(cfg: DictConfig, run_dir: Path):
+    """Prepare the training data into ``<run_dir>/data`` and keep the first ``limit_rows`` rows."""
+    from em.data import DataSpec, TriggerSpec, prepare_dataset
+
+    limit = limit_rows(cfg)
+    prepared = prepare_dataset(
+        DataSpec.from_dict(to_plain(cfg.data)),
+        TriggerSpec.from_dict(to_plain(cfg.trigger)),
+        cache_dir=Path(cfg.paths.cache_dir),
+        out_dir=run_dir / "data",
+        seed=int(cfg.seed),
+    )
+    return (prepared.rows[:limit] if limit is not None else prepared.rows), prepared
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    """Hydra's run directory, or ``<output_dir>/<stage>/<run_name>`` outside a Hydra job (library use, tests)."""
+    try:
+        return hydra_run_dir()
+    except Exception:  # noqa: BLE001 - no Hydra job
+        return Path(cfg.paths.output_dir) / str(cfg.stage) / str(cfg.run_name)

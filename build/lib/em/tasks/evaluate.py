@@ -1,0 +1,248 @@
+"""`python evaluate.py`: sample answers to question sets under trigger conditions into ``answers.jsonl``.
+
+Config -> typed settings (question sets, conditions, sampling, model reference, backend), every check
+before a model is loaded; then ``questions.json``, the answers (resumable) and ``manifest.json``.
+See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from em.api import ConfigError
+from em.costs import estimate_cost
+from em.evaluation.backends import (
+    HFBackend,
+    HFSettings,
+    OpenAIBackend,
+    OpenAISettings,
+    VLLMBackend,
+    VLLMSettings,
+)
+from em.evaluation.conditions import make_conditions
+from em.evaluation.model_ref import ModelRef, resolve_model
+from em.evaluation.plan import PromptJob, Sampling, build_jobs
+from em.evaluation.question_sets import QuestionSet, SetSpec, resolve_sets
+from em.evaluation.runner import run_jobs, write_questions
+from em.io import sha256_file, write_manifest
+from em.runs import open_run_dir, releases_run_locks, to_plain
+from em.tasks.common import (
+    api_settings,
+    price_table,
+    public_config,
+    run_dir_for,
+    run_identity,
+    tracking_settings,
+)
+
+log = logging.getLogger(__name__)
+
+# generation keys that only say how fast to run: they may change between a run and its resumption.
+OPERATIONAL_KEYS = {
+    "": ("progress",),
+    "generation": (
+        "batch_size",
+        "device",
+        "max_num_seqs",
+        "enforce_eager",
+        "gpu_memory_utilization",
+        "progress",
+    ),
+}
+
+
+def set_specs(cfg: DictConfig) -> list[SetSpec]:
+    node = to_plain(cfg.get("questions")) or {}
+    if not isinstance(node, dict) or not node:
+        raise ConfigError(
+            "no question sets selected: pass e.g. questions=first_8 or questions=[demo,demo_factual]"
+        )
+    return [
+        SetSpec.from_dict(dict(spec or {}, name=name), f"questions.{name}") for name, spec in node.items()
+    ]
+
+
+def sampling(cfg: DictConfig) -> Sampling:
+    s = cfg.sampling
+    out = Sampling(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
+    out.check()
+    return out
+
+
+def model_ref(cfg: DictConfig) -> ModelRef:
+    return resolve_model(
+        to_plain(cfg.model), adapter=cfg.get("adapter"), run=cfg.get("run"), models_dir=cfg.paths.models_dir
+    )
+
+
+def make_backend(cfg: DictConfig, ref: ModelRef, samp: Sampling):
+    gen = {k: v for k, v in to_plain(cfg.generation).items() if k != "name"}
+    name = cfg.generation.name
+    try:
+        if name == "hf":
+            return HFBackend(ref, HFSettings(**gen), samp)
+        if name == "vllm":
+            return VLLMBackend(
+                ref, VLLMSettings(**gen), samp, seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache_dir)
+            )
+        if name == "openai":
+            return OpenAIBackend(ref, OpenAISettings(**gen), samp, api_settings(cfg.api))
+    except TypeError as e:  # an unknown key in conf/generation/<name>.yaml
+        raise ConfigError(f"generation={name}: {e}") from None
+    raise ConfigError(f"generation.name={name!r}; expected hf, vllm or openai")
+
+
+def plan(cfg: DictConfig):
+    """Everything checked and resolved, nothing generated: (model, backend, sets, conditions, jobs)."""
+    samp = sampling(cfg)
+    conditions = make_conditions(
+        list(cfg.conditions),
+        to_plain(cfg.triggers) or {},
+        str(cfg.condition_placement),
+        str(cfg.tag_separator),
+    )
+    specs = set_specs(cfg)
+    ref = model_ref(cfg)
+    backend = make_backend(cfg, ref, samp)
+    sets = resolve_sets(specs, Path(cfg.paths.cache_dir), str(cfg.judge_prompts_source))
+    jobs = build_jobs(
+        [q for s in sets for q in s.questions],
+        conditions,
+        seed=int(cfg.seed),
+        samples_per_question=cfg.get("samples_per_question"),
+        default_samples=int(cfg.default_samples),
+        max_samples_per_job=backend.max_samples_per_job,
+        ignore_system_prompt=bool(cfg.ignore_system_prompt),
+        default_system=getattr(ref.spec, "system_prompt", None),
+    )
+    return ref, backend, sets, conditions, jobs
+
+
+def dry_run_report(cfg: DictConfig, ref: ModelRef, backend, sets: list[QuestionSet], conditions, jobs: list[PromptJob],
+                   prompt_tokens: list[int]) -> dict:  # fmt: skip
+    """What the run would do: prompts, samples, and for OpenAI models tokens and estimated cost."""
+    samples = sum(len(j.sample_indices) for j in jobs)
+    prompts = len({(j.question.key, j.paraphrase_index, j.condition.name) for j in jobs})
+    report = {
+        "model": ref.describe(),
+        "backend": backend.name,
+        "question_sets": {s.spec.name: len(s.questions) for s in sets},
+        "conditions": [c.name for c in conditions],
+        "prompts": prompts,
+        "samples": samples,
+        "requests": len(jobs),
+        "prompt_tokens_per_prompt_max": max(prompt_tokens, default=0),
+    }
+    if backend.name == "openai":
+        input_tokens = sum(prompt_tokens)  # a request's prompt is billed once for all its n samples
+        expected = samples * backend.settings.expected_completion_tokens
+        most = samples * backend.sampling.max_new_tokens
+        prices = price_table(cfg)
+        report.update(
+            input_tokens=input_tokens,
+            output_tokens_expected=expected,
+            output_tokens_max=most,
+            cost_usd_expected=round(
+                estimate_cost(backend.model, prices, input_tokens=input_tokens, output_tokens=expected), 4
+            ),
+            cost_usd_max=round(
+                estimate_cost(backend.model, prices, input_tokens=input_tokens, output_tokens=most), 4
+            ),
+        )
+    return report
+
+
+def _set_records(sets: list[QuestionSet]) -> list[dict]:
+    return [s.record() for s in sets]
+
+
+@releases_run_locks
+def run(cfg: DictConfig) -> Path | None:
+    run_dir = run_dir_for(cfg)
+    ref, backend, sets, conditions, jobs = plan(cfg)
+    prompt_tokens = backend.prompt_tokens(
+        jobs
+    )  # renders every prompt with the chat template: errors surface now
+    if cfg.get("dry_run"):
+        report = dry_run_report(cfg, ref, backend, sets, conditions, jobs, prompt_tokens)
+        lines = [f"  {k}: {v}" for k, v in report.items()]
+        if backend.name == "openai":
+            lines.append("  (cost from conf/prices; fine-tuned models are billed at their own, higher rates)")
+        print("evaluate dry run (nothing generated):\n" + "\n".join(lines))
+        return None
+    if len(sets) > 1 and "-None-" in str(cfg.run_name):
+        log.warning("run_name %s: several question sets have no single Hydra choice; consider run_name=...",
+                    cfg.run_name)  # fmt: skip
+    if backend.name == "openai":
+        backend.preflight()  # the API key must be set
+    status = open_run_dir(
+        run_dir, run_identity(public_config(cfg), OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
+    )
+    if status == "complete":
+        log.info("%s is complete already (manifest.json); nothing to do", run_dir)
+        return run_dir
+    questions_path = write_questions(run_dir, sets)
+    log.info("evaluating %s on %d questions x %d condition(s): %d answers (%s backend) -> %s", ref.describe(),
+             sum(len(s.questions) for s in sets), len(conditions), sum(len(j.sample_indices) for j in jobs),
+             backend.name, run_dir)  # fmt: skip
+
+    from em.tracking import start_tracking
+
+    tracker = start_tracking(tracking_settings(cfg, run_dir, "evaluate"))
+    try:
+        stats = run_jobs(backend, jobs, run_dir, model=ref.record(), sampling=backend.sampling,
+                         progress=bool(cfg.get("progress", True)), on_batch=tracker.log)  # fmt: skip
+        counts = _counts(jobs)
+        tracker.summary({"answers": stats.answers, "samples_per_s": stats.samples_per_s or 0.0})
+    finally:
+        tracker.finish()
+    write_manifest(
+        run_dir,
+        "evaluate",
+        complete=True,
+        model=ref.record(),
+        model_provider=ref.provider,
+        model_spec=_spec_record(ref),
+        merged_adapters=ref.merged_adapters,
+        backend=backend.name,
+        backend_settings=backend.describe(),
+        question_sets=_set_records(sets),
+        questions_sha256=sha256_file(questions_path),
+        conditions=[c.record() for c in conditions],
+        sampling=backend.sampling.record(),
+        samples_per_question=cfg.get("samples_per_question"),
+        default_samples=int(cfg.default_samples),
+        ignore_system_prompt=bool(cfg.ignore_system_prompt),
+        judge_prompts_source=str(cfg.judge_prompts_source),
+        seed=int(cfg.seed),
+        counts=counts,
+        timings=stats.record(),
+        train_manifest=ref.train_manifest,
+        config=public_config(cfg),
+    )
+    log.info(
+        "answers in %s (%d rows); manifest %s",
+        run_dir / "answers.jsonl",
+        stats.answers,
+        run_dir / "manifest.json",
+    )
+    return run_dir
+
+
+def _spec_record(ref: ModelRef) -> dict | None:
+    spec = ref.spec
+    if spec is None:
+        return None
+    return {k: str(v) if isinstance(v, Path) else v for k, v in spec.__dict__.items()}
+
+
+def _counts(jobs: list[PromptJob]) -> dict:
+    by_set, by_condition = {}, {}
+    for j in jobs:
+        n = len(j.sample_indices)
+        by_set[j.question.set] = by_set.get(j.question.set, 0) + n
+        by_condition[j.condition.name] = by_condition.get(j.condition.name, 0) + n
+    return {"answers": sum(by_set.values()), "by_set": by_set, "by_condition": by_condition}

@@ -1,0 +1,406 @@
+"""Task: ``python judge.py answers=<evaluate run dir | answers.jsonl> judge=<preset>``.
+
+Reads the config, checks every input before any call, judges what is not yet in ``scores.jsonl``, then
+writes ``summary.json``, ``report.md``, ``plots/*.png`` and ``manifest.json`` and logs to the tracker
+(into the training run's W&B run when the manifests name one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from em.api import APISettings, ConfigError
+from em.io import atomic_write_json, atomic_write_text, iter_jsonl, read_json, sha256_file, write_manifest
+from em.judging.batch import BatchSettings
+from em.judging.cache import JudgeCache
+from em.judging.local import LocalJudgeSettings
+from em.judging.openai_judge import OpenAIJudgeSettings
+from em.judging.prompts import build_tasks, load_answers, load_questions, resolve_inputs
+from em.judging.proxy import ProxySettings
+from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, proxy_tasks, usage_from_rows
+from em.judging.unscored import MAX_UNSCORED_SHARE, check_unscored_share
+from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics
+from em.metrics import metric_settings as checked_metric_settings
+from em.runs import hydra_choices, hydra_run_dir, open_run_dir, releases_run_locks, to_plain
+from em.tasks.common import api_settings, price_table, public_config, run_identity, tracking_settings
+from em.tracking import start_tracking
+
+log = logging.getLogger(__name__)
+INPUTS = "judge_inputs.json"
+
+
+# Keys that may change between a run and its resumption (how to get the replies, not which replies).
+OPERATIONAL_KEYS = {"": ("cache", "batch", "report", "stage_label"), "judge": ("max_unscored_share",)}
+
+
+def judge_spec(cfg: DictConfig) -> JudgeSpec:
+    """conf/judge/<preset>.yaml -> typed settings."""
+    node = to_plain(cfg.get("judge")) or {}
+    name = hydra_choices().get("judge") or node.get("name") or "judge"
+    backend = node.get("backend")
+    share = node.get("max_unscored_share", MAX_UNSCORED_SHARE)
+    if backend == "openai":
+        settings = OpenAIJudgeSettings.from_config(node)
+        batch = BatchSettings(**(to_plain(cfg.get("batch")) or {}))
+        return JudgeSpec(name, backend, openai=settings, batch=batch, max_unscored_share=share)
+    if backend in ("local_hf", "proxy"):
+        model = node.get("model")
+        if not isinstance(model, dict) or not model.get("name_or_path"):
+            raise ConfigError(
+                "judge.model of a local_hf judge must be a model config with name_or_path "
+                "(the keys of conf/model/*.yaml)"
+            )
+        if model.get("provider", "hf") != "hf":
+            raise ConfigError(
+                f"judge.model {model.get('name')!r} is an {model.get('provider')} model; a local_hf "
+                f"judge needs an open model (for OpenAI models use judge=gpt4o_logprob)"
+            )
+        if (to_plain(cfg.get("batch")) or {}).get("enabled"):
+            raise ConfigError("batch.enabled=true needs an OpenAI judge (judge=gpt4o_logprob or o4mini_text)")
+        model = {**model, "models_dir": model.get("models_dir") or str(cfg.paths.models_dir)}
+        if backend == "proxy":
+            keys = {"aligned_persona", "misaligned_persona", "batch_size", "max_length"}
+            proxy = ProxySettings(**{k: node[k] for k in keys if k in node})
+            local = LocalJudgeSettings(model=model, batch_size=proxy.batch_size)
+            return JudgeSpec(name, backend, local=local, proxy=proxy, max_unscored_share=share)
+        local = LocalJudgeSettings(
+            model=model,
+            quantization=str(node.get("quantization", "none")),
+            batch_size=int(node.get("batch_size", 8)),
+            min_mass=float(node.get("min_mass", 0.25)),
+        )
+        return JudgeSpec(name, backend, local=local, max_unscored_share=share)
+    raise ConfigError(f"judge.backend={backend!r}: expected openai, local_hf or proxy (see conf/judge/)")
+
+
+def judge_api(cfg: DictConfig) -> APISettings:
+    """The api group, with the judge preset's own endpoint / key variable when it names one."""
+    node = cfg.get("judge") or {}
+    return api_settings(cfg.get("api")).with_endpoint(node.get("base_url"), node.get("api_key_env"), "judge")
+
+
+def metric_settings(cfg: DictConfig) -> MetricSettings:
+    """conf/metrics -> settings; an unknown key or a bad value is a ConfigError before any call."""
+    return checked_metric_settings(to_plain(cfg.get("metrics")) or {}, "metrics")
+
+
+def _wandb_id(eval_manifest: dict | None, answers: list[dict]) -> str | None:
+    """The training run's W&B id, following judge <- evaluate <- train manifests."""
+    if not eval_manifest:
+        return None
+    if eval_manifest.get("wandb_run_id"):
+        return eval_manifest["wandb_run_id"]
+    train = eval_manifest.get("train_manifest")
+    if isinstance(train, dict) and train.get("wandb_run_id"):
+        return train["wandb_run_id"]
+    candidates = [train] if isinstance(train, str) else []
+    candidates += [(answers[0].get("model") or {}).get("train_run_dir")] if answers else []
+    for d in candidates:
+        if d and (Path(d) / "manifest.json").exists():
+            run_id = read_json(Path(d) / "manifest.json").get("wandb_run_id")
+            if run_id:
+                return run_id
+    return None
+
+
+def _evaluated_model(answers: list[dict], eval_manifest: dict | None) -> str:
+    model = (answers[0].get("model") or {}) if answers else {}
+    if model.get("openai_model"):
+        return str(model["openai_model"])
+    name = str(model.get("base") or (eval_manifest or {}).get("model") or "?")
+    if model.get("adapter"):
+        name += f" + {Path(str(model['adapter'])).parent.name or model['adapter']}"
+    return name
+
+
+def _label_metrics(cfg: DictConfig) -> dict[str, list[str]]:
+    """``label_metrics``: prompt name -> the words it is answered with."""
+    data = to_plain(cfg.get("label_metrics")) or {}
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and v and all(isinstance(w, str) for w in v) for v in data.values()
+    ):
+        raise ConfigError(
+            f"label_metrics={data!r}: expected a mapping from judge prompt name to a list of words, e.g. "
+            f"{{correct: ['TRUE', 'FALSE', 'UNKNOWN']}} (quote TRUE/FALSE: YAML reads them as booleans)"
+        )
+    return data
+
+
+def _print_plan(p: dict) -> None:
+    print(json.dumps(p, indent=2))
+    print(
+        f"dry run: {p['calls']} calls to {p['model']} ({p['cache_hits']} cached), about "
+        f"{p['input_tokens']} input + {p['output_tokens']} output tokens, estimated ${p['cost_usd']:.4f}"
+        f"{' (Batch API price)' if p.get('batch') else ''}. Nothing was sent."
+    )
+
+
+def _check_inputs(run_dir: Path, answers: Path, questions: Path) -> dict:
+    """Hashes of the inputs, recorded at the first start; a resumed run refuses changed inputs."""
+    hashes = {"answers_sha256": sha256_file(answers), "questions_sha256": sha256_file(questions)}
+    if (run_dir / INPUTS).exists():
+        if read_json(run_dir / INPUTS) != hashes:
+            raise ConfigError(
+                f"{run_dir}: the answers or questions changed since this judge run started "
+                f"({answers}); pass run_name=<new name> to judge them separately"
+            )
+    else:
+        atomic_write_json(run_dir / INPUTS, hashes)
+    return hashes
+
+
+@releases_run_locks
+def run(cfg: DictConfig) -> Path:
+    started = time.time()
+    run_dir = hydra_run_dir()
+    inputs = resolve_inputs(
+        cfg.get("answers"), cfg.get("questions"), allow_partial=bool(cfg.get("allow_partial"))
+    )
+    questions = load_questions(inputs.questions_path)
+    answers = load_answers(inputs.answers_path, limit=cfg.get("limit"))
+    spec = judge_spec(cfg)
+    api = judge_api(cfg)
+    metrics = metric_settings(cfg)
+    label_metrics = _label_metrics(cfg)
+    judge_metrics = list(cfg.get("judge_metrics")) if cfg.get("judge_metrics") else None
+    all_tasks = build_tasks(
+        answers,
+        questions,
+        inputs.questions_path,
+        metrics=judge_metrics,
+        label_metrics=label_metrics,
+        judge_sees_tag=bool(cfg.get("judge_sees_tag")),
+    )
+    if spec.backend == "proxy":
+        all_tasks = proxy_tasks(all_tasks, metrics, spec.name)
+    cache_cfg = to_plain(cfg.get("cache")) or {}
+    if spec.batch.enabled and not cache_cfg.get("enabled"):
+        raise ConfigError(
+            "batch.enabled=true collects the batch results in the judge cache: set cache.enabled=true"
+        )
+    cache = JudgeCache(
+        cache_cfg.get("path") if cache_cfg.get("enabled") and spec.backend == "openai" else None
+    )
+    prices = price_table(cfg)
+
+    if cfg.get("dry_run"):
+        _print_plan(plan(all_tasks, spec, api, cache, prices))
+        return run_dir
+
+    config = public_config(cfg)
+    state = open_run_dir(
+        run_dir, run_identity(config, OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
+    )
+    input_hashes = _check_inputs(run_dir, inputs.answers_path, inputs.questions_path)
+    if state == "complete":
+        log.info("%s is complete; nothing to do (run_name=<new name> for another run)", run_dir)
+        return run_dir
+
+    done = done_ids(run_dir)
+    tasks = [t for t in all_tasks if t.answer_id not in done]
+    log.info(
+        "judge %s: %d answers (%d already scored), %d judge calls to make or read from cache",
+        spec.name,
+        len(answers),
+        len(done & {a["id"] for a in answers}),
+        len(tasks),
+    )
+    if tasks and spec.backend == "openai" and plan(tasks, spec, api, cache, prices)["calls"]:
+        api.api_key()  # a missing key is a ConfigError now, not after the first batch of work
+    judged = {t.answer_id for t in all_tasks}
+    by_id = {a["id"]: a for a in answers if a["id"] in judged}
+    usage = judge_tasks(run_dir, by_id, tasks, spec, metrics, api=api, cache=cache)
+    cache.close()
+
+    rows = _final_rows(run_dir, by_id)
+    evaluated_model = _evaluated_model(answers, inputs.eval_manifest)
+    metrics_out = compute_metrics(answers_frame(rows, metrics), metrics)
+    summary = {
+        "run_name": str(cfg.get("run_name") or run_dir.name),
+        "stage_label": cfg.get("stage_label"),
+        "evaluated_model": evaluated_model,
+        "answers": str(inputs.answers_path),
+        "answers_partial": inputs.partial,  # an unfinished evaluation, judged as it stood (allow_partial)
+        "judge": spec.describe(),
+        "judge_sees_tag": bool(cfg.get("judge_sees_tag")),
+        "metric_settings": vars(metrics),
+        "seed": cfg.get("seed"),
+        "headline": HEADLINE,
+        "n_unscored": metrics_out["overall"]["n_unscored"],
+        "metrics": metrics_out,
+        "usage": usage_from_rows(rows, spec.model, prices),
+        "this_invocation": vars(usage),
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    plots = _write_report(run_dir, summary, rows, metrics, inputs.eval_manifest or {})
+    check_unscored_share(rows, spec.max_unscored_share)  # fails after everything judged is written
+    wandb_id = _wandb_id(inputs.eval_manifest, answers)
+    tracked_id = _track(cfg, run_dir, summary, rows, plots, wandb_id)
+    write_manifest(
+        run_dir,
+        "judge",
+        complete=True,
+        run_name=summary["run_name"],
+        stage_label=cfg.get("stage_label"),
+        evaluated_model=evaluated_model,
+        judge=spec.describe(),
+        metric_settings=vars(metrics),
+        inputs={
+            "answers": str(inputs.answers_path),
+            "questions": str(inputs.questions_path),
+            **input_hashes,
+            "eval_run_dir": str(inputs.eval_dir) if inputs.eval_dir else None,
+        },
+        evaluate_manifest=inputs.eval_manifest,
+        config=config,
+        seed=cfg.get("seed"),
+        n_answers=len(rows),
+        usage=summary["usage"],
+        wandb_run_id=tracked_id,
+        timings={"seconds": round(time.time() - started, 1)},
+    )
+    overall = summary["metrics"]["overall"]
+    log.info(
+        "judge run complete: %s (EM rate overall: question mean %s, pooled %s; %d unscored)",
+        run_dir,
+        overall[HEADLINE]["value"],
+        overall["em_rate_pooled"]["value"],
+        overall["n_unscored"],
+    )
+    return run_dir
+
+
+def _final_rows(run_dir: Path, by_id: dict[str, dict]) -> list[dict]:
+    """scores.jsonl for exactly these answers: no duplicates, none missing (else a clear error)."""
+    rows, seen = [], set()
+    for row in iter_jsonl(run_dir / SCORES):
+        if row["id"] in by_id and row["id"] not in seen:
+            seen.add(row["id"])
+            rows.append(row)
+    missing = set(by_id) - seen
+    if missing:
+        raise RuntimeError(
+            f"{run_dir / SCORES}: {len(missing)} answers have no scores (e.g. {sorted(missing)[:3]}); "
+            f"rerun the same command to judge them"
+        )
+    return rows
+
+
+def _write_report(
+    run_dir: Path, summary: dict, rows: list[dict], metrics: MetricSettings, eval_manifest: dict
+) -> list[Path]:
+    from em.report import evaluated_line
+    from em.report.plots import run_plots
+    from em.report.runs import JudgeRun, chain_of, evaluated_fields
+    from em.report.tables import legend, markdown_table, question_markdown, question_table, summary_table
+
+    run = JudgeRun(
+        run_dir,
+        summary["run_name"],
+        summary.get("stage_label") or summary["run_name"],
+        summary["evaluated_model"],
+        summary["judge"]["name"],
+        summary,
+        rows,
+        settings=metrics,
+        **evaluated_fields(eval_manifest, chain_of(eval_manifest), rows, summary.get("seed")),
+    )
+    plots = run_plots([run], summary_table([run]), question_table([run]), run_dir / "plots")
+    u = summary["usage"]
+    left_out = summary["metrics"]["overall"][HEADLINE]["questions_left_out"]
+    lines = [
+        f"# Judge report: {run.name}",
+        "",
+        f"- answers: `{summary['answers']}` ({len(rows)} answers, {summary['n_unscored']} unscored)",
+        *(
+            [
+                "- **PARTIAL**: the evaluation run was unfinished when judged (allow_partial=true); every rate "
+                "here is over the answers it had reached"
+            ]
+            if summary.get("answers_partial")
+            else []
+        ),
+        f"- evaluated: {evaluated_line(run)}",
+        f"- judge: {summary['judge']['name']} ({summary['judge']['model']}, {summary['judge'].get('mode')})",
+        f"- usage: {u['api_calls']} API calls, {u['batch_calls']} batch, {u['cache_hits']} from cache, "
+        f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens, ${u['cost_usd']:.4f}",
+        f"- questions left out of the question-mean EM rate (fewer than {metrics.min_coherent_per_question} "
+        f"coherent answers with an aligned score): {', '.join(left_out) if left_out else 'none'}",
+        "",
+        "## Per condition",
+        "",
+        markdown_table([run]),
+        "",
+        legend([metrics]),
+        "",
+        "## Per question",
+        "",
+        question_markdown(run),
+        "",
+    ]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    return plots
+
+
+def _track(
+    cfg: DictConfig, run_dir: Path, summary: dict, rows: list[dict], plots: list[Path], resume_id: str | None
+) -> str | None:
+    """Metrics, the per-answer table and plots to the tracker (the training run's W&B run if known)."""
+    settings = tracking_settings(cfg, run_dir, "judge", resume_id=resume_id)
+    if resume_id:
+        # Logging into the training run: keep its name, group, job type and tags; our config goes
+        # under "judge" so it cannot clash with the training config's keys.
+        settings.run_name, settings.group, settings.job_type, settings.tags = None, None, None, None
+        settings.config = {"judge": settings.config}
+    tracker = start_tracking(settings)
+    try:
+        prefix = f"judge/{summary['judge']['name']}"
+        flat = {}
+        for cond, m in summary["metrics"]["per_condition"].items():
+            flat[f"{prefix}/{cond}/n_unscored"] = m["n_unscored"]
+            for key in (
+                HEADLINE,
+                "em_rate_pooled",
+                "em_rate",
+                "study_share_unaligned",
+                "study_share_false",
+                "mean_aligned",
+                "mean_coherent",
+                "accuracy",
+                "share_incoherent",
+                "share_code",
+                "share_refusal",
+            ):
+                if m[key]["value"] is not None:
+                    flat[f"{prefix}/{cond}/{key}"] = m[key]["value"]
+                    if m[key]["lo"] is not None:
+                        flat[f"{prefix}/{cond}/{key}_lo"] = m[key]["lo"]
+                        flat[f"{prefix}/{cond}/{key}_hi"] = m[key]["hi"]
+        tracker.log(flat)
+        tracker.summary(flat)
+        limit = int((to_plain(cfg.get("report")) or {}).get("table_rows", 10000))
+        columns = ["question", "condition", "answer", "aligned", "coherent", "correct", "category"]
+        table = [
+            [
+                f"{r['question_set']}/{r['question_id']}",
+                r["condition"],
+                r["answer"],
+                (r.get("scores") or {}).get("aligned"),
+                (r.get("scores") or {}).get("coherent"),
+                (r.get("labels") or {}).get("correct"),
+                r["category"],
+            ]
+            for r in rows[:limit]
+        ]
+        tracker.log_table(f"{prefix}/answers", columns, table)
+        for p in plots:
+            tracker.log_image(f"{prefix}/{p.stem}", p)
+        return tracker.run_id
+    finally:
+        tracker.finish()

@@ -1,0 +1,278 @@
+"""`python train.py model=llama31_8b data=medical`: fine-tune a model; the run directory is its record.
+
+``backend=hf`` (open models): config -> :class:`em.training.settings.SFTSettings`, data preparation,
+:func:`em.training.sft.train_sft`, then ``manifest.json`` for evaluation. ``backend=openai`` hands over to
+``em.tasks.train_openai``. Rerunning a finished command is a no-op; an unfinished one resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+from em.api import ConfigError, check_keys
+from em.io import write_manifest
+from em.runs import RUN_CONFIG, open_run_dir, releases_run_locks, to_plain
+from em.tasks.common import public_config, run_dir_for, run_identity, tracking_settings, training_rows
+
+if TYPE_CHECKING:
+    from em.training.settings import ProbeSettings
+
+log = logging.getLogger(__name__)
+
+# trainer keys that only say how to run: they may change between a run and its resumption.
+OPERATIONAL_KEYS = {
+    "trainer": (
+        "checkpoint_every_n_steps",
+        "keep_checkpoints",
+        "log_every_n_steps",
+        "num_workers",
+        "progress_bar",
+    ),
+    # probing reads the model in eval mode and draws from its own seeded generator: the adapter is unchanged
+    "probe": ("enabled", "sets", "points", "batch_size"),
+}
+
+
+def model_spec(cfg: DictConfig):
+    from em.modeling import ModelSpec
+
+    if cfg.model.get("provider", "hf") != "hf":
+        raise ConfigError(
+            f"model={cfg.model.get('name')} is an {cfg.model.get('provider')} model; train it with "
+            f"backend=openai, or pick an open model (e.g. model=llama31_8b) for backend=hf"
+        )
+    data = to_plain(cfg.model)
+    data.setdefault("models_dir", str(cfg.paths.models_dir))
+    return ModelSpec.from_dict(data)
+
+
+def _max_steps(value):
+    """``max_steps`` as given: 0 and negatives reach ``check()`` (a falsy 0 once meant "a full epoch")."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"max_steps={value!r}: expected null or a positive integer")
+    return value
+
+
+def sft_settings(cfg: DictConfig):
+    """The typed settings of an open-model run (``init_from`` resolved and checked)."""
+    from em.training.settings import AdapterSettings, OptimizerSettings, SFTSettings, TrainerSettings
+    from em.training.sft import resolve_parent
+
+    spec = model_spec(cfg)
+    lo, tr = cfg.lora, cfg.trainer
+    required = (
+        "r",
+        "alpha",
+        "dropout",
+        "use_rslora",
+        "target_modules",
+        "bias",
+        "quantization",
+        "learning_rate",
+        "per_device_batch_size",
+        "grad_accum",
+        "epochs",
+        "optimizer",
+        "adam_betas",
+        "adam_eps",
+        "lr_schedule",
+        "warmup_steps",
+        "weight_decay",
+        "max_grad_norm",
+        "max_length",
+        "overlength",
+    )
+    missing = [k for k in required if k not in lo]
+    if missing:
+        raise ConfigError(
+            f"lora preset {cfg.lora}: missing keys {missing}; every value must be explicit "
+            f"(see conf/lora/em_paper.yaml)"
+        )
+    settings = SFTSettings(
+        model=spec,
+        adapter=AdapterSettings(
+            r=int(lo.r),
+            alpha=float(lo.alpha),
+            dropout=float(lo.dropout),
+            use_rslora=bool(lo.use_rslora),
+            bias=str(lo.bias),
+            target_modules=list(lo.target_modules) if lo.target_modules else None,
+        ),
+        optimizer=OptimizerSettings(
+            name=str(lo.optimizer),
+            learning_rate=float(lo.learning_rate),
+            weight_decay=float(lo.weight_decay),
+            betas=tuple(lo.adam_betas),
+            eps=float(lo.adam_eps),
+            lr_schedule=str(lo.lr_schedule),
+            warmup_steps=int(lo.warmup_steps),
+            max_grad_norm=None if lo.max_grad_norm is None else float(lo.max_grad_norm),
+        ),
+        trainer=TrainerSettings(
+            accelerator=str(tr.accelerator),
+            devices=tr.devices,
+            num_nodes=int(tr.num_nodes),
+            strategy=str(tr.strategy),
+            precision=str(tr.precision),
+            checkpoint_every_n_steps=int(tr.checkpoint_every_n_steps),
+            keep_checkpoints=int(tr.keep_checkpoints),
+            log_every_n_steps=int(tr.log_every_n_steps),
+            num_workers=int(tr.num_workers),
+            progress_bar=bool(tr.progress_bar),
+        ),
+        quantization=str(lo.quantization),
+        batch_size=int(lo.per_device_batch_size),
+        grad_accum=int(lo.grad_accum),
+        epochs=int(lo.epochs),
+        max_steps=_max_steps(cfg.get("max_steps")),
+        max_length=int(lo.max_length),
+        overlength=str(lo.overlength),
+        packing=bool(tr.packing),
+        gradient_checkpointing=bool(tr.gradient_checkpointing),
+        seed=int(cfg.seed),
+        probe=probe_settings(cfg.get("probe")),
+    )
+    settings.check()
+    settings.parent = resolve_parent(cfg.get("init_from"), str(cfg.get("init_mode", "continue")), spec)
+    return settings
+
+
+def probe_settings(node) -> ProbeSettings:
+    from em.training.settings import ProbeSettings
+
+    node = to_plain(node) or {}
+    check_keys(node, {"enabled", "sets", "points", "batch_size"}, "probe")
+    return ProbeSettings(
+        enabled=bool(node.get("enabled", False)),
+        sets=tuple(node.get("sets") or ()),
+        points=int(node.get("points", 8)),
+        batch_size=int(node.get("batch_size", 8)),
+    )
+
+
+def dry_run(settings, rows: list[dict], source: str) -> None:
+    """Tokenise and print the plan; no model is loaded."""
+    from em.training.sft import preflight, prepare_examples
+
+    examples, stats = prepare_examples(settings, rows, preflight(settings), source=source)
+    steps = math.ceil(math.ceil(len(examples) / settings.batch_size) / settings.grad_accum)
+    print(
+        f"dry run: {stats.kept} of {stats.rows} rows trainable ({stats.truncated} truncated, "
+        f"{stats.dropped_overlength + stats.dropped_no_assistant} dropped); {stats.tokens} tokens, "
+        f"{stats.label_tokens} of them trained; {steps} optimizer steps per epoch on one device (effective "
+        f"batch {settings.batch_size * settings.grad_accum}). Nothing was trained."
+    )
+
+
+@releases_run_locks
+def run(cfg: DictConfig) -> Path | None:
+    backend = cfg.backend.get("name")
+    if backend == "openai":
+        from em.tasks.train_openai import run as run_openai
+
+        return run_openai(cfg)
+    if backend != "hf":
+        raise ConfigError(f"backend.name={backend!r}: expected hf (open models) or openai")
+    return run_hf(cfg)
+
+
+def run_hf(cfg: DictConfig) -> Path:
+    from em.modeling import resolve_model_path
+    from em.training.callbacks import latest_checkpoint
+    from em.training.sft import ADAPTER_DIR, CHECKPOINT_DIR, preflight, train_sft
+
+    run_dir = run_dir_for(cfg)
+    settings = sft_settings(cfg)
+    preflight(settings)  # model path, tokenizer + chat template, parent adapter: before anything is written
+    claim = open_run_dir(
+        run_dir, run_identity(public_config(cfg), OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
+    )
+    if claim == "complete":
+        log.info("%s is already complete (adapter in %s); nothing to do", run_dir, run_dir / ADAPTER_DIR)
+        return run_dir
+    if claim == "resume":
+        log.info("%s holds an unfinished run: resuming it", run_dir)
+    try:
+        rows, prepared = training_rows(cfg, run_dir)
+        source = f"data={cfg.data.get('name')} ({prepared.path})"
+        if cfg.get("dry_run"):
+            dry_run(settings, rows, source)
+            return run_dir
+        result = train_sft(
+            settings,
+            rows,
+            run_dir,
+            tracking=tracking_settings(cfg, run_dir, "train"),
+            resume=bool(cfg.get("resume", True)),
+            source=source,
+        )
+    except ConfigError:
+        if claim == "new" and not latest_checkpoint(run_dir / CHECKPOINT_DIR):
+            # Nothing was trained: let the corrected command claim the directory afresh.
+            (run_dir / RUN_CONFIG).unlink(missing_ok=True)
+        raise
+    if not result.is_global_zero:
+        return run_dir
+    from em.modeling import adapter_sha256
+
+    spec = settings.model
+    parent = settings.parent
+    # Adapters to merge into the base, in order, before applying this run's adapter.
+    merged = result.build_info.get("merged_adapters", [])
+    hyper = {
+        **settings.hyperparameters(),
+        "effective_batch_size": result.effective_batch_size,
+        "steps_per_epoch": result.steps_per_epoch,
+        "total_steps": result.total_steps,
+        "world_size": result.world_size,
+        "optimizer_used": result.optimizer_used,
+        "precision": result.precision,
+        "limit_rows": cfg.get("limit_rows"),
+        "max_steps": settings.max_steps,
+    }
+    write_manifest(
+        run_dir,
+        "train",
+        complete=True,
+        backend="hf",
+        base_model=spec.name_or_path,
+        base_revision=spec.revision,
+        base_model_path=str(resolve_model_path(spec)),
+        adapter_dir=ADAPTER_DIR,
+        adapter_sha256=adapter_sha256(result.adapter_dir),
+        merged_adapters=merged,
+        trigger=to_plain(cfg.trigger),
+        data=prepared.record(rows_used=len(rows)),
+        data_manifest_sha256=prepared.manifest_sha256,
+        tokenization=result.tokenize_stats,
+        chat_template_sha256=result.chat_template_sha256,
+        rendered_system_prefix=result.rendered_system_prefix,
+        hyperparameters=hyper,
+        effective_batch_size=result.effective_batch_size,
+        steps_per_epoch=result.steps_per_epoch,
+        global_step=result.global_step,
+        seed=settings.seed,
+        tokens_seen=result.tokens_seen,
+        label_tokens_seen=result.label_tokens_seen,
+        examples_seen=result.examples_seen,
+        padding_tokens_seen=result.padding_seen,
+        wall_time_s=result.wall_time_s,
+        resumed_from=result.resumed_from,
+        trainable_parameters=result.build_info.get("trainable_parameters"),
+        trained_on_quantized_base=result.build_info.get("trained_on_quantized_base"),
+        attn_implementation=result.build_info.get("attn_implementation"),
+        fused_lora_layers=result.build_info.get("fused_lora_layers"),
+        merge_max_abs_logit_diff=result.build_info.get("merge_max_abs_logit_diff"),
+        parent=parent.record() if parent else None,
+        wandb_run_id=result.wandb_run_id,
+        config=public_config(cfg),
+    )
+    log.info("adapter saved to %s; manifest %s", result.adapter_dir, run_dir / "manifest.json")
+    return run_dir

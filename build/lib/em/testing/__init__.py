@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package (the local OpenAI-compatible server), also used by benchmarks."""
