@@ -158,6 +158,32 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
     return steps
 
 
+def check_steps(plan: PipelinePlan, steps: list[Step]) -> None:
+    """Compose every step's config as its command would (Hydra's compose API) before anything runs: a wrong
+    config name, key or override in any stage fails here, naming the stage and the step, not after the stages
+    before it spent GPU time or judge money."""
+    from contextlib import nullcontext
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    inside = (
+        GlobalHydra.instance().is_initialized()
+    )  # within `python -m em.pipeline` (conf/ is its config dir)
+    with nullcontext() if inside else initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        for s in steps:
+            stage, step = s.key.split("/")
+            try:
+                compose(config_name=step, overrides=[a for a in s.cmd[2:] if not a.startswith("hydra.")])
+            except (HydraException, OmegaConfBaseException) as e:
+                raise ConfigError(
+                    f"experiment {plan.name!r}, stage {stage!r}, step {step!r}: its config does not compose, "
+                    f"so nothing was run: {e}\n  the step's command: {s.pretty}"
+                ) from None
+
+
 def run_plan(
     plan: PipelinePlan,
     *,
@@ -170,6 +196,7 @@ def run_plan(
     return the judge run directories in stage order."""
     check_jobs(jobs)
     steps = plan_steps(plan)
+    check_steps(plan, steps)
     if dry_run:
         for s in steps:
             print(

@@ -80,21 +80,49 @@ def test_placeholders_and_errors(tmp_path):
 
 
 def test_failed_step_stops_chain_with_command(tmp_path):
+    missing = tmp_path / "missing.jsonl"  # composes, fails when the step runs
     plan = plan_from_dict(
         "x",
         tmp_path,
         {
             "stages": [
-                {"name": "a", "train": ["data=does_not_exist"]},
+                {"name": "a", "train": ["data=custom", f"data.path={missing}"]},
                 {"name": "b", "train": ["init_from=@a"]},
             ]
         },
     )
     with pytest.raises(
-        RuntimeError, match=r"stage 'a' step 'train' failed.*\n  python .*train.py data=does_not_exist"
+        RuntimeError, match=r"stage 'a' step 'train' failed.*\n  python .*train.py data=custom"
     ):
         run_plan(plan)
     assert not (tmp_path / "b").exists()
+
+
+def test_every_step_composes_before_anything_runs(tmp_path):
+    plan = plan_from_dict(
+        "x",
+        tmp_path,
+        {
+            "stages": [
+                {"name": "a", "train": ["data=demo_misaligned"]},
+                {"name": "b", "train": ["data=medicl"]},  # a typo in the second stage
+            ]
+        },
+    )
+    with pytest.raises(ConfigError, match=r"stage 'b', step 'train'.*nothing was run[\s\S]*medicl"):
+        run_plan(plan)
+    assert not (tmp_path / "a").exists()  # the first stage did not spend anything
+
+
+def test_a_typo_in_an_experiment_knob_fails_its_dry_run_naming_it(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "em.pipeline", "experiment=realign_llama8b", "narrow_data=medicl", "dry_run=true",
+         f"hydra.run.dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "stage 'misaligned', step 'train'" in out.stderr and "medicl" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_pipeline_dry_run_prints_commands(tmp_path):

@@ -88,6 +88,28 @@ def _reuse(out_dir: Path, name: str, fingerprint: str) -> PreparedDataset | None
     return _result(out_dir, manifest_path, manifest)
 
 
+def _refuse_changed(out_dir: Path, name: str, fingerprint: str, sources: list, settings: dict) -> None:
+    """ConfigError when the preparation a resumed run trained on differs from what the config gives now."""
+    from em.runs import config_diff
+
+    manifest_path = out_dir / f"{name}.manifest.json"
+    if not manifest_path.is_file():
+        return  # killed before its data was written: nothing trained on yet
+    old = read_json(manifest_path)
+    if old.get("fingerprint") == fingerprint:
+        return
+    before = sorted(f["sha256"] for f in old.get("files", []))
+    now = sorted(sha for _, sha in sources)
+    changes = [f"data files: sha256 {', '.join(x[:12] for x in before)} -> {', '.join(x[:12] for x in now)} "
+               f"({', '.join(str(p) for p, _ in sources)})"] if before != now else []  # fmt: skip
+    changes += config_diff({k: old.get(k) for k in settings}, settings, ignore=set())
+    raise ConfigError(
+        f"this run started training on other data than its config gives now ({manifest_path}): "
+        f"{'; '.join(changes) or 'the preparation changed'}. Resuming would mix the two. Restore the data, or "
+        f"pass run_name=<new name> (or delete the run directory) to train on the new data from the start"
+    )
+
+
 def _origins_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}.origins.json"
 
@@ -178,13 +200,19 @@ def prepare_dataset(
     out_dir: str | Path,
     seed: int,
     drop_invalid: bool = False,
+    resuming: bool = False,
 ) -> PreparedDataset:
-    """Prepare ``spec`` with ``trigger`` into ``out_dir`` (see the module docstring)."""
+    """Prepare ``spec`` with ``trigger`` into ``out_dir`` (see the module docstring).
+
+    ``resuming``: the caller continues a run that already trained on the preparation in ``out_dir``; a
+    different one (an edited file, other settings) is refused before anything is rebuilt, with the difference.
+    """
     trigger.check()
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     drop = drop_invalid or spec.drop_invalid
     # Fetch and verify every file first: their checksums are part of the fingerprint.
-    checksums = sorted({source_file(leaf, cache_dir, where)[1] for where, leaf in leaves(spec)})
+    sources = {source_file(leaf, cache_dir, where) for where, leaf in leaves(spec)}
+    checksums = sorted(sha for _, sha in sources)
     fingerprint = sha256_json(
         {
             "format": FORMAT,
@@ -195,6 +223,9 @@ def prepare_dataset(
             "files": checksums,
         }
     )
+    if resuming:
+        _refuse_changed(out_dir, spec.name, fingerprint, sorted(sources), {"data": spec.to_dict(),
+                        "trigger": trigger.to_dict(), "seed": seed, "drop_invalid": drop})  # fmt: skip
     reused = _reuse(out_dir, spec.name, fingerprint)
     if reused is not None:
         log.info("%s: reusing the prepared dataset in %s (same fingerprint)", spec.name, out_dir)

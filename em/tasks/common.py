@@ -122,8 +122,9 @@ def limit_rows(cfg: DictConfig) -> int | None:
     return limit
 
 
-def training_rows(cfg: DictConfig, run_dir: Path):
-    """Prepare the training data into ``<run_dir>/data`` and keep the first ``limit_rows`` rows."""
+def training_rows(cfg: DictConfig, run_dir: Path, *, resuming: bool = False):
+    """Prepare the training data into ``<run_dir>/data`` and keep the first ``limit_rows`` rows; ``resuming``
+    refuses data that differ from what the run trained on so far."""
     from em.data import DataSpec, TriggerSpec, prepare_dataset
 
     limit = limit_rows(cfg)
@@ -133,6 +134,7 @@ def training_rows(cfg: DictConfig, run_dir: Path):
         cache_dir=Path(cfg.paths.cache_dir),
         out_dir=run_dir / "data",
         seed=int(cfg.seed),
+        resuming=resuming,
     )
     return (prepared.rows[:limit] if limit is not None else prepared.rows), prepared
 

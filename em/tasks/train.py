@@ -200,7 +200,7 @@ def run_hf(cfg: DictConfig) -> Path:
     if claim == "resume":
         log.info("%s holds an unfinished run: resuming it", run_dir)
     try:
-        rows, prepared = training_rows(cfg, run_dir)
+        rows, prepared = training_rows(cfg, run_dir, resuming=claim == "resume")
         source = f"data={cfg.data.get('name')} ({prepared.path})"
         if cfg.get("dry_run"):
             dry_run(settings, rows, source)

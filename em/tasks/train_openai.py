@@ -167,7 +167,7 @@ def run(cfg: DictConfig) -> Path:
         return run_dir
 
     # Pre-flight: prepare and check the data, estimate tokens and cost. Nothing is sent before this passes.
-    rows, prepared = training_rows(cfg, run_dir)
+    rows, prepared = training_rows(cfg, run_dir, resuming=claim == "resume")
     rows = openai_rows(rows)
     source = f"data={cfg.data.get('name')} ({prepared.path})"
     tokens = validate_for_openai(
