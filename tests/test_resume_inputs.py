@@ -28,7 +28,9 @@ def test_a_resumed_training_run_on_an_edited_data_file_is_refused(tmp_path, em_c
     before = read_json(prepared[0])
 
     data.write_text("\n".join(ROWS[12:24]) + "\n", encoding="utf-8")  # the user edits the file
-    with pytest.raises(ConfigError, match=r"other data than its config gives now.*data files: sha256 \w+ -> \w+"):
+    with pytest.raises(
+        ConfigError, match=r"other data than its config gives now.*data files: sha256 \w+ -> \w+"
+    ):
         run_task("train", overrides, run_dir)
     assert read_json(prepared[0]) == before  # the preparation the run started on is kept, not overwritten
     assert not (run_dir / "adapter").exists()
