@@ -152,9 +152,8 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
         for step in STEPS:
             cmd = step_command(plan, stage, step)
             if cmd is not None:
-                steps.append(
-                    Step(f"{stage.name}/{step}", cmd, step_dir(plan, stage, step), _needs(plan, stage, step))
-                )
+                key, target = f"{stage.name}/{step}", step_dir(plan, stage, step)
+                steps.append(Step(key, cmd, target, _needs(plan, stage, step), STEP_COST[step]))
     return steps
 
 

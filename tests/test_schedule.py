@@ -101,7 +101,12 @@ def test_pipeline_needs_follow_stage_references(tmp_path):
             ]
         },
     )
-    needs = {s.key: s.needs for s in plan_steps(plan)}
+    steps = plan_steps(plan)
+    assert {s.key: s.cost for s in steps}["mis/train"] == 3.0 and {
+        s.cost for s in steps if "/train" not in s.key
+    } == {1.0}
+    assert max(steps, key=lambda s: chain_lengths(steps)[s.key]).key == "mis/train"  # the longest chain first
+    needs = {s.key: s.needs for s in steps}
     assert needs == {
         "base/evaluate": (),
         "base/judge": ("base/evaluate",),
