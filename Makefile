@@ -14,7 +14,7 @@ UV ?= uv==0.13.9
 
 setup: $(VENV)/.installed
 
-# pip installs without byte-compiling, then compileall does it on every core: 120 s -> 87 s on 2 cores
+# pip installs without byte-compiling, then compileall does it on every core: 120 s -> 98 s on 2 cores
 # (docs/testing.md). Files no Python 3.11 can compile (torch's py312 test helpers) are skipped, as pip does.
 COMPILE = -m compileall -qq -j 0
 
