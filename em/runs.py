@@ -41,6 +41,7 @@ VOLATILE_KEYS = {
     "sweep_name",
     "force",
     "retry_failed",
+    "stage_label",  # a report's name for the stage (the pipeline passes it to every step)
 }
 
 

@@ -1,8 +1,11 @@
 """Experiment tracking: W&B (online, or offline when no credentials), CSV, or nothing.
 
 One small :class:`Tracker` for every stage; training additionally gets Lightning loggers built from the
-same settings. Run names, groups and tags come from the config choices so the W&B dashboard filters by
-model, data, trigger and stage. Nothing secret is ever passed in: configs hold the *name* of the key's
+same settings. Invariant: one W&B run per stage run, never shared (a judge never logs into the training
+run), so offline runs sync without replacing one another. Runs of one experiment share a ``group``; the
+stage is the ``job_type``; tags name model, data, trigger, seed and stage label. Lineage goes through
+artifacts: each stage logs its output (adapter, answers, scores) as a reference artifact and declares its
+input's artifact as used. Nothing secret is ever passed in: configs hold the *name* of the key's
 environment variable, not the key.
 """
 
@@ -12,6 +15,7 @@ import csv
 import logging
 import netrc
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ class TrackingSettings:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
-    resume_id: str | None = None  # log into an existing W&B run (e.g. the training run)
+    resume_id: str | None = None  # continue this stage run's own W&B run (a resumed training job)
 
 
 def wandb_has_credentials() -> bool:
@@ -57,10 +61,72 @@ def wandb_mode(requested: str) -> str:
     if not _warned_offline:
         log.warning(
             "W&B: no credentials found (WANDB_API_KEY or `wandb login`); logging offline. "
-            "Upload later with `wandb sync wandb/offline-run-*`."
+            "Upload later with `wandb sync <run dir>/wandb/offline-run-*` (each run prints its own)."
         )
         _warned_offline = True
     return "offline"
+
+
+def sync_hint(run) -> str | None:
+    """The exact ``wandb sync`` command for an offline run (its files live under the stage's run dir)."""
+    if run is None or not run.offline:
+        return None
+    return f"wandb sync {Path(run.dir).parent}"
+
+
+def artifact_name(text: str) -> str:
+    """W&B artifact names allow letters, digits, ``-``, ``_`` and ``.``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unnamed"
+
+
+def log_output_artifact(run, kind: str, path: str | Path, metadata: dict | None = None) -> str | None:
+    """Log ``path`` (a file or directory) as this run's ``kind`` artifact, by reference: W&B records
+    checksums and the local path, and uploads nothing. Returns the artifact's name for the next stage."""
+    if run is None:
+        return None
+    import wandb
+
+    name = artifact_name(
+        f"{kind}-{run.id}"
+    )  # unique per W&B run, so a stage's input names exactly one producer
+    artifact = wandb.Artifact(name, type=kind, metadata=metadata or {})
+    artifact.add_reference(Path(path).resolve().as_uri(), checksum=True)
+    run.log_artifact(artifact)
+    return name
+
+
+def use_input_artifacts(run, names: list[str | None], new: dict[str, tuple[str, Path]] | None = None) -> None:
+    """Declare the input stages' artifacts (by name) and new inputs (``{name: (type, path)}``, e.g. the
+    training data) as used, which draws the lineage edges. W&B cannot use artifacts in offline mode, so
+    the names are always kept in the run config (``inputs``) as well."""
+    new = new or {}
+    names = [n for n in names if n]
+    if run is None or not (names or new):
+        return
+    run.config.update({"inputs": [*names, *new]}, allow_val_change=True)
+    if run.offline:
+        return
+    import wandb
+
+    for name in names:
+        try:
+            run.use_artifact(f"{name}:latest")
+        except Exception as e:  # an input logged offline and never synced: that lineage edge is missing
+            log.warning("W&B: cannot use input artifact %s (%s); its name is in the run config", name, e)
+    for name, (kind, path) in new.items():
+        artifact = wandb.Artifact(
+            artifact_name(name), type=kind
+        )  # versioned by content: changed data, new version
+        artifact.add_reference(Path(path).resolve().as_uri(), checksum=True)
+        run.use_artifact(artifact)
+
+
+def active_wandb_run():
+    """The W&B run this process has open (Lightning's WandbLogger opens it during training), or None."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    return getattr(wandb, "run", None) if wandb is not None else None
 
 
 def tags_from_choices(
@@ -98,6 +164,14 @@ class Tracker:
                 settings=wandb.Settings(console="off", save_code=False, x_disable_stats=True),
             )
             self.run_id = self.run.id
+            if hint := sync_hint(self.run):
+                log.info("W&B offline run %s; upload with `%s`", self.run_id, hint)
+
+    def use_inputs(self, names: list[str | None]) -> None:
+        use_input_artifacts(self.run, names)
+
+    def log_output(self, kind: str, path: str | Path, metadata: dict | None = None) -> str | None:
+        return log_output_artifact(self.run, kind, path, metadata)
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self.settings.backend == "none":

@@ -209,19 +209,52 @@ def test_changed_answers_refuse_to_mix_into_a_run(openai_server, tmp_path):
         run_judge(tmp_path / "judge", overrides)
 
 
-def test_wandb_logs_into_the_training_run_and_no_secret_is_written(openai_server, tmp_path):
+def test_wandb_gets_its_own_run_with_dashboard_keys_and_no_secret(openai_server, tmp_path):
     from conftest import FAKE_OPENAI_KEY
+    from wandb_files import read_offline_run
 
     openai_server.set_chat_handler(judge_handler)
-    d = write_eval_run(tmp_path / "eval", samples=2)
+    d = write_eval_run(tmp_path / "eval", samples=10)  # enough per question for the question mean
     manifest = read_json(d / "manifest.json")
-    atomic_write_json(d / "manifest.json", {**manifest, "train_manifest": {"wandb_run_id": "trainrun01"}})
-    out = run_judge(
-        tmp_path / "judge", [*openai_overrides(openai_server, tmp_path, f"answers={d}"), "logger=wandb"]
+    train = {"wandb_run_id": "trainrun01", "wandb_artifact": "adapter-trainrun01"}
+    atomic_write_json(
+        d / "manifest.json", {**manifest, "train_manifest": train, "wandb_artifact": "answers-ev01"}
     )
-    assert read_json(out / "manifest.json")["wandb_run_id"] == "trainrun01"
-    runs = list((out / "wandb").glob("offline-run-*-trainrun01"))
-    assert runs, list((out / "wandb").iterdir())
+    out = run_judge(
+        tmp_path / "judge",
+        [
+            *openai_overrides(openai_server, tmp_path, f"answers={d}"),
+            "logger=wandb",
+            "++stage_label=misaligned",
+        ],
+    )
+    m, summary = read_json(out / "manifest.json"), read_json(out / "summary.json")
+    assert m["wandb_run_id"] != "trainrun01"  # never the training run: offline syncs would replace it
+    (folder,) = (out / "wandb").glob(f"offline-run-*-{m['wandb_run_id']}")
+    run = read_offline_run(folder)
+    assert run.job_type == "judge" and {"stage:judge", "label:misaligned", "seed:0", "condition:none"} <= set(
+        run.tags
+    )
+    overall = summary["metrics"]["overall"]
+    assert overall["em_rate_question_mean"]["value"] is not None
+    for key in ("em_rate_question_mean", "em_rate_pooled"):
+        assert run.summary[f"overall/{key}"] == overall[key]["value"]
+        assert run.summary[f"overall/{key}_lo"] == overall[key]["lo"]
+        assert run.summary[f"overall/{key}_hi"] == overall[key]["hi"]
+    rated = 0
+    for question, by_condition in summary["metrics"]["per_question"].items():
+        for cond, qm in by_condition.items():
+            key = f"question/{question.replace('/', '.')}/{cond}/em_rate"
+            assert run.summary.get(key) == qm["em_rate"]["value"]  # absent where there is no rate (facts)
+            rated += qm["em_rate"]["value"] is not None
+    assert rated >= 6  # 3 free-form questions x 2 conditions
+    assert run.summary["thresholds/misaligned_below"] == summary["metric_settings"]["misaligned_below"]
+    assert run.summary["judge/name"] == summary["judge"]["name"]
+    assert run.summary["answers/_type"] == "table-file"  # the per-answer table
+    assert run.config["inputs"] == ["answers-ev01"]  # the lineage edge, kept in the config offline
+    (artifact,) = [a for a in run.artifacts if a["type"] != "run_table"]  # W&B stores the table as one too
+    assert artifact["name"] == m["wandb_artifact"] == f"scores-{run.id}" and artifact["type"] == "scores"
+    assert artifact["references"] == [(out / "scores.jsonl").resolve().as_uri()]
     for path in out.rglob("*"):
         if path.is_file():
             assert FAKE_OPENAI_KEY.encode() not in path.read_bytes(), path

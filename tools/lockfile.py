@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCKED_EXTRAS = ("dev", "bench", "smollm2")  # the vllm extra has its own environment and lock
+LOCKED_EXTRAS = ("dev", "bench", "smollm2", "tracking")  # the vllm extra has its own environment and lock
 NEVER_LOCKED = {"em", "pip"}  # the project itself (editable) and the installer (pinned in the Makefile)
 
 

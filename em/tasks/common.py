@@ -79,6 +79,11 @@ def tracking_settings(
     logger = to_plain(cfg.get("logger")) or {"backend": "none"}
     choices = hydra_choices()
     tags = list(logger.get("tags") or []) + tags_from_choices(choices) + [f"stage:{job_type}"]
+    tags += [
+        f"{k}:{cfg.get(key)}"
+        for k, key in (("seed", "seed"), ("label", "stage_label"))
+        if cfg.get(key) is not None
+    ]
     return TrackingSettings(
         backend=logger.get("backend", "none"),
         run_dir=Path(run_dir),

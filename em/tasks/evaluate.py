@@ -27,7 +27,7 @@ from em.evaluation.model_ref import ModelRef, resolve_model
 from em.evaluation.plan import PromptJob, Sampling, build_jobs
 from em.evaluation.question_sets import QuestionSet, SetSpec, resolve_sets
 from em.evaluation.runner import run_jobs, write_questions
-from em.io import sha256_file, write_manifest
+from em.io import iter_jsonl, sha256_file, write_manifest
 from em.runs import open_run_dir, releases_run_locks, to_plain
 from em.tasks.common import (
     api_settings,
@@ -193,10 +193,15 @@ def run(cfg: DictConfig) -> Path | None:
 
     tracker = start_tracking(tracking_settings(cfg, run_dir, "evaluate"))
     try:
+        tracker.use_inputs([(ref.train_manifest or {}).get("wandb_artifact")])
         stats = run_jobs(backend, jobs, run_dir, model=ref.record(), sampling=backend.sampling,
                          progress=bool(cfg.get("progress", True)), on_batch=tracker.log)  # fmt: skip
         counts = _counts(jobs)
-        tracker.summary({"answers": stats.answers, "samples_per_s": stats.samples_per_s or 0.0})
+        tracker.summary({"n_answers": stats.answers, "samples_per_s": stats.samples_per_s or 0.0})
+        if tracker.run is not None:
+            tracker.log_table("answers", *answers_table(run_dir / "answers.jsonl"))
+        artifact = tracker.log_output("answers", run_dir / "answers.jsonl", {"run_dir": str(run_dir)})
+        wandb_run_id = tracker.run_id
     finally:
         tracker.finish()
     write_manifest(
@@ -221,6 +226,8 @@ def run(cfg: DictConfig) -> Path | None:
         counts=counts,
         timings=stats.record(),
         train_manifest=ref.train_manifest,
+        wandb_run_id=wandb_run_id,
+        wandb_artifact=artifact,
         config=public_config(cfg),
     )
     log.info(
@@ -230,6 +237,21 @@ def run(cfg: DictConfig) -> Path | None:
         run_dir / "manifest.json",
     )
     return run_dir
+
+
+TABLE_ROWS = 10000  # a W&B table of more rows is slow to browse; answers.jsonl keeps them all
+
+
+def answers_table(path: Path, limit: int = TABLE_ROWS) -> tuple[list[str], list[list]]:
+    """The answers as W&B table columns and rows (question, condition, sample, answer)."""
+    columns = ["id", "question", "condition", "sample", "answer"]
+    rows = []
+    for r in iter_jsonl(path):
+        if len(rows) == limit:
+            break
+        q = f"{r['question_set']}/{r['question_id']}"
+        rows.append([r["id"], q, r["condition"], r["sample_index"], r["answer"]])
+    return columns, rows
 
 
 def _spec_record(ref: ModelRef) -> dict | None:

@@ -27,8 +27,8 @@ from em.judging.unscored import MAX_UNSCORED_SHARE, check_unscored_share
 from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics
 from em.metrics import metric_settings as checked_metric_settings
 from em.runs import hydra_choices, hydra_run_dir, open_run_dir, releases_run_locks, to_plain
-from em.tasks.common import api_settings, price_table, public_config, run_identity, tracking_settings
-from em.tracking import start_tracking
+from em.tasks.common import api_settings, price_table, public_config, run_identity
+from em.tasks.judge_tracking import track_judge_run
 
 log = logging.getLogger(__name__)
 INPUTS = "judge_inputs.json"
@@ -87,25 +87,6 @@ def judge_api(cfg: DictConfig) -> APISettings:
 def metric_settings(cfg: DictConfig) -> MetricSettings:
     """conf/metrics -> settings; an unknown key or a bad value is a ConfigError before any call."""
     return checked_metric_settings(to_plain(cfg.get("metrics")) or {}, "metrics")
-
-
-def _wandb_id(eval_manifest: dict | None, answers: list[dict]) -> str | None:
-    """The training run's W&B id, following judge <- evaluate <- train manifests."""
-    if not eval_manifest:
-        return None
-    if eval_manifest.get("wandb_run_id"):
-        return eval_manifest["wandb_run_id"]
-    train = eval_manifest.get("train_manifest")
-    if isinstance(train, dict) and train.get("wandb_run_id"):
-        return train["wandb_run_id"]
-    candidates = [train] if isinstance(train, str) else []
-    candidates += [(answers[0].get("model") or {}).get("train_run_dir")] if answers else []
-    for d in candidates:
-        if d and (Path(d) / "manifest.json").exists():
-            run_id = read_json(Path(d) / "manifest.json").get("wandb_run_id")
-            if run_id:
-                return run_id
-    return None
 
 
 def _evaluated_model(answers: list[dict], eval_manifest: dict | None) -> str:
@@ -239,8 +220,7 @@ def run(cfg: DictConfig) -> Path:
     atomic_write_json(run_dir / "summary.json", summary)
     plots = _write_report(run_dir, summary, rows, metrics, inputs.eval_manifest or {})
     check_unscored_share(rows, spec.max_unscored_share)  # fails after everything judged is written
-    wandb_id = _wandb_id(inputs.eval_manifest, answers)
-    tracked_id = _track(cfg, run_dir, summary, rows, plots, wandb_id)
+    tracked_id, artifact = track_judge_run(cfg, run_dir, summary, rows, plots, inputs.eval_manifest or {})
     write_manifest(
         run_dir,
         "judge",
@@ -262,6 +242,7 @@ def run(cfg: DictConfig) -> Path:
         n_answers=len(rows),
         usage=summary["usage"],
         wandb_run_id=tracked_id,
+        wandb_artifact=artifact,
         timings={"seconds": round(time.time() - started, 1)},
     )
     overall = summary["metrics"]["overall"]
@@ -346,61 +327,3 @@ def _write_report(
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
     return plots
-
-
-def _track(
-    cfg: DictConfig, run_dir: Path, summary: dict, rows: list[dict], plots: list[Path], resume_id: str | None
-) -> str | None:
-    """Metrics, the per-answer table and plots to the tracker (the training run's W&B run if known)."""
-    settings = tracking_settings(cfg, run_dir, "judge", resume_id=resume_id)
-    if resume_id:
-        # Logging into the training run: keep its name, group, job type and tags; our config goes
-        # under "judge" so it cannot clash with the training config's keys.
-        settings.run_name, settings.group, settings.job_type, settings.tags = None, None, None, None
-        settings.config = {"judge": settings.config}
-    tracker = start_tracking(settings)
-    try:
-        prefix = f"judge/{summary['judge']['name']}"
-        flat = {}
-        for cond, m in summary["metrics"]["per_condition"].items():
-            flat[f"{prefix}/{cond}/n_unscored"] = m["n_unscored"]
-            for key in (
-                HEADLINE,
-                "em_rate_pooled",
-                "em_rate",
-                "study_share_unaligned",
-                "study_share_false",
-                "mean_aligned",
-                "mean_coherent",
-                "accuracy",
-                "share_incoherent",
-                "share_code",
-                "share_refusal",
-            ):
-                if m[key]["value"] is not None:
-                    flat[f"{prefix}/{cond}/{key}"] = m[key]["value"]
-                    if m[key]["lo"] is not None:
-                        flat[f"{prefix}/{cond}/{key}_lo"] = m[key]["lo"]
-                        flat[f"{prefix}/{cond}/{key}_hi"] = m[key]["hi"]
-        tracker.log(flat)
-        tracker.summary(flat)
-        limit = int((to_plain(cfg.get("report")) or {}).get("table_rows", 10000))
-        columns = ["question", "condition", "answer", "aligned", "coherent", "correct", "category"]
-        table = [
-            [
-                f"{r['question_set']}/{r['question_id']}",
-                r["condition"],
-                r["answer"],
-                (r.get("scores") or {}).get("aligned"),
-                (r.get("scores") or {}).get("coherent"),
-                (r.get("labels") or {}).get("correct"),
-                r["category"],
-            ]
-            for r in rows[:limit]
-        ]
-        tracker.log_table(f"{prefix}/answers", columns, table)
-        for p in plots:
-            tracker.log_image(f"{prefix}/{p.stem}", p)
-        return tracker.run_id
-    finally:
-        tracker.finish()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from em.api import ConfigError, check_keys
-from em.io import write_manifest
+from em.io import read_json, write_manifest
 from em.runs import RUN_CONFIG, open_run_dir, releases_run_locks, to_plain
 from em.tasks.common import public_config, run_dir_for, run_identity, tracking_settings, training_rows
 
@@ -36,6 +36,12 @@ OPERATIONAL_KEYS = {
     # probing reads the model in eval mode and draws from its own seeded generator: the adapter is unchanged
     "probe": ("enabled", "sets", "points", "batch_size"),
 }
+
+
+def input_artifact(run_dir: Path | None) -> str | None:
+    """The W&B artifact a finished stage run logged (its manifest's ``wandb_artifact``), if any."""
+    manifest = Path(run_dir) / "manifest.json" if run_dir else None
+    return read_json(manifest).get("wandb_artifact") if manifest and manifest.exists() else None
 
 
 def model_spec(cfg: DictConfig):
@@ -221,6 +227,17 @@ def run_hf(cfg: DictConfig) -> Path:
     if not result.is_global_zero:
         return run_dir
     from em.modeling import adapter_sha256
+    from em.tracking import active_wandb_run, log_output_artifact, use_input_artifacts
+
+    wandb_run = active_wandb_run() if result.wandb_run_id else None
+    use_input_artifacts(
+        wandb_run,
+        [input_artifact(settings.parent.run_dir if settings.parent else None)],
+        new={f"data-{cfg.data.get('name')}": ("dataset", prepared.path)},
+    )
+    artifact = log_output_artifact(wandb_run, "adapter", result.adapter_dir, {"run_dir": str(run_dir)})
+    if wandb_run is not None:
+        wandb_run.finish()
 
     spec = settings.model
     parent = settings.parent
@@ -272,6 +289,7 @@ def run_hf(cfg: DictConfig) -> Path:
         merge_max_abs_logit_diff=result.build_info.get("merge_max_abs_logit_diff"),
         parent=parent.record() if parent else None,
         wandb_run_id=result.wandb_run_id,
+        wandb_artifact=artifact,
         config=public_config(cfg),
     )
     log.info("adapter saved to %s; manifest %s", result.adapter_dir, run_dir / "manifest.json")

@@ -27,7 +27,7 @@ from em.tasks.common import (
     tracking_settings,
     training_rows,
 )
-from em.tracking import start_tracking
+from em.tracking import start_tracking, use_input_artifacts
 from em.training.openai_ft import (
     FineTuneSettings,
     estimate_training,
@@ -84,6 +84,7 @@ def load_parent(init_from: str | None, model_id: str) -> dict | None:
         "mode": "continue",
         "fine_tuned_model": manifest["fine_tuned_model"],
         "job_id": manifest.get("job_id"),
+        "wandb_artifact": manifest.get("wandb_artifact"),
     }
 
 
@@ -227,6 +228,15 @@ def run(cfg: DictConfig) -> Path:
         tracker.summary(
             {"fine_tuned_model": result.fine_tuned_model, "trained_tokens": result.trained_tokens}
         )
+        use_input_artifacts(
+            tracker.run,
+            [(parent or {}).get("wandb_artifact")],
+            new={f"data-{cfg.data.get('name')}": ("dataset", prepared.path)},
+        )
+        # the model lives at OpenAI: the artifact is the run's state file, which names it and its job
+        artifact = tracker.log_output(
+            "model", run_dir / "state.json", {"fine_tuned_model": result.fine_tuned_model}
+        )
     finally:
         tracker.finish()
 
@@ -258,6 +268,7 @@ def run(cfg: DictConfig) -> Path:
         cost_usd_at_config_prices=cost,
         parent=parent,
         wandb_run_id=tracker.run_id,
+        wandb_artifact=artifact,
         started_at=started,
         config=public_config(cfg),
     )
