@@ -74,6 +74,7 @@ $(INSPECT_VENV)/.installed: pyproject.toml $(INSPECT_LOCK)
 	$(INSPECT_VENV)/bin/python -m pip install -q "pip==$(PIP_VERSION)"
 	$(INSPECT_VENV)/bin/python -m pip install -q --no-compile -c $(INSPECT_LOCK) -r tools/lock/inspect.in
 	$(INSPECT_VENV)/bin/python -m pip install -q --no-compile --no-deps -e .
+	$(INSPECT_VENV)/bin/python $(COMPILE) "$$($(INSPECT_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	$(INSPECT_VENV)/bin/python tools/lockfile.py check-env $(INSPECT_LOCK)
 	touch $@
 
