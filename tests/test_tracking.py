@@ -28,8 +28,9 @@ def test_wandb_auto_is_offline_without_credentials_and_says_so_once(monkeypatch,
     assert wandb_mode("offline") == "offline"
 
 
-def test_wandb_offline_run_writes_files_and_id(monkeypatch, tmp_path):
+def test_wandb_offline_run_writes_files_and_id(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("WANDB_MODE", "offline")
+    caplog.set_level(logging.INFO, logger="em.tracking")
     tracker = Tracker(
         TrackingSettings(
             backend="wandb", run_dir=tmp_path, run_name="t", tags=["model:tiny"], config={"lr": 1e-3}
@@ -40,7 +41,9 @@ def test_wandb_offline_run_writes_files_and_id(monkeypatch, tmp_path):
     run_id = tracker.run_id
     tracker.finish()
     assert run_id
-    assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+    (folder,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
+    assert f"upload with `wandb sync {folder}`" in caplog.text  # the printed command names this run's folder
+    assert list(folder.glob(f"run-{run_id}.wandb"))
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows == [{"step": "1", "loss": "1.5"}]
