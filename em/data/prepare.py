@@ -47,6 +47,9 @@ class PreparedDataset:
     holdout_path: Path | None = None
     holdout_rows: list[dict] = field(default_factory=list)
     origins: list[str | None] = field(default_factory=list)  # "<file>:<line>" of each row (None: unknown)
+    # set by training: what the mitigation arm did (em.mitigations); the chats of mitigation=kl's KL term
+    mitigation: dict | None = None
+    reference_rows: list[dict] = field(default_factory=list)
 
     def record(self, rows_used: int) -> dict:
         """What a training manifest keeps of this dataset: its manifest, hash, path and rows trained on."""

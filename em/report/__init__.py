@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from em.io import atomic_write_text
+from em.report.mitigations import has_arms, mitigation_markdown, mitigation_plot
 from em.report.plots import run_plots
 from em.report.pooling import pooled_markdown, pooled_table
 from em.report.runs import JudgeRun, assign_labels, find_judge_runs, load_run
@@ -50,6 +51,10 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = 
             "Seeds pooled: runs that differ only in seed; intervals resample seeds, then questions.",
             "",
         ]
+    if has_arms(runs):  # both sides of each mitigation arm: EM, and the narrow task still learned
+        lines += ["## Mitigation arms", "", mitigation_markdown(runs), ""]
+        if plots and (p := mitigation_plot(runs, out_dir / "plots" / "mitigations.png")):
+            lines += [f"![{p.stem}](plots/{p.name})", ""]
     lines += [legend([r.settings for r in runs]), ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in written]
     atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")

@@ -10,6 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from em.api import APISettings, ConfigError
+from em.io import sha256_file, write_jsonl
 from em.runs import hydra_choices, hydra_run_dir, to_plain
 from em.tracking import TrackingSettings, tags_from_choices
 
@@ -128,20 +129,39 @@ def limit_rows(cfg: DictConfig) -> int | None:
 
 
 def training_rows(cfg: DictConfig, run_dir: Path, *, resuming: bool = False):
-    """Prepare the training data into ``<run_dir>/data`` and keep the first ``limit_rows`` rows; ``resuming``
-    refuses data that differ from what the run trained on so far."""
+    """Prepare the training data into ``<run_dir>/data``, keep the first ``limit_rows`` rows and apply the
+    mitigation arm (its record lands in ``prepared.mitigation``); ``resuming`` refuses data that differ from
+    what the run trained on so far."""
     from em.data import DataSpec, TriggerSpec, prepare_dataset
+    from em.mitigations import MitigationSettings, apply_mitigation
 
     limit = limit_rows(cfg)
+    mitigation = MitigationSettings.from_dict(to_plain(cfg.get("mitigation")))
+    common = {"cache_dir": Path(cfg.paths.cache_dir), "seed": int(cfg.seed), "resuming": resuming}
+    general = None
+    if mitigation.reference_data:  # untagged: the trigger belongs to the narrow data
+        general = prepare_dataset(
+            DataSpec.from_dict(mitigation.reference_data, "mitigation.data"),
+            TriggerSpec.from_dict(None),
+            out_dir=run_dir / "data" / mitigation.name,
+            **common,
+        ).rows
     prepared = prepare_dataset(
         DataSpec.from_dict(to_plain(cfg.data)),
         TriggerSpec.from_dict(to_plain(cfg.trigger)),
-        cache_dir=Path(cfg.paths.cache_dir),
         out_dir=run_dir / "data",
-        seed=int(cfg.seed),
-        resuming=resuming,
+        **common,
     )
-    return (prepared.rows[:limit] if limit is not None else prepared.rows), prepared
+    rows = prepared.rows[:limit] if limit is not None else prepared.rows
+    rows, prepared.mitigation = apply_mitigation(
+        rows, mitigation, seed=int(cfg.seed), general=general, default_system=cfg.model.get("system_prompt")
+    )
+    prepared.reference_rows = general if mitigation.name == "kl" else []
+    if mitigation.name in ("inoculation", "interleave"):  # what the model is trained on, beside the data
+        path = run_dir / "data" / f"train_rows.{mitigation.name}.jsonl"
+        write_jsonl(path, rows)
+        prepared.mitigation |= {"rows_file": str(path), "rows_sha256": sha256_file(path)}
+    return rows, prepared
 
 
 def run_dir_for(cfg: DictConfig) -> Path:

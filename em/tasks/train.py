@@ -145,6 +145,11 @@ def sft_settings(cfg: DictConfig):
         seed=int(cfg.seed),
         probe=probe_settings(cfg.get("probe")),
     )
+    from em.mitigations import MitigationSettings
+
+    mitigation = MitigationSettings.from_dict(to_plain(cfg.get("mitigation")))
+    if mitigation.name == "kl":
+        settings.kl_beta, settings.kl_batch_size = float(mitigation.beta), int(mitigation.batch_size)
     settings.check()
     settings.parent = resolve_parent(cfg.get("init_from"), str(cfg.get("init_mode", "continue")), spec)
     return settings
@@ -218,6 +223,7 @@ def run_hf(cfg: DictConfig) -> Path:
             tracking=tracking_settings(cfg, run_dir, "train"),
             resume=bool(cfg.get("resume", True)),
             source=source,
+            kl_rows=prepared.reference_rows,
         )
     except ConfigError:
         if claim == "new" and not latest_checkpoint(run_dir / CHECKPOINT_DIR):
@@ -228,8 +234,15 @@ def run_hf(cfg: DictConfig) -> Path:
         return run_dir
     from em.modeling import adapter_sha256
     from em.tracking import active_wandb_run, log_output_artifact, use_input_artifacts
+    from em.training.holdout import narrow_task_record
 
+    # the narrow task on held-out rows, with and without the adapter: was it still learned?
+    narrow = narrow_task_record(result.model, preflight(settings), settings, prepared.holdout_rows)
     wandb_run = active_wandb_run() if result.wandb_run_id else None
+    if wandb_run is not None and narrow:
+        wandb_run.summary.update(
+            {"narrow/holdout_loss": narrow["loss"], "narrow/base_loss": narrow["base_loss"]}
+        )
     use_input_artifacts(
         wandb_run,
         [input_artifact(settings.parent.run_dir if settings.parent else None)],
@@ -267,6 +280,8 @@ def run_hf(cfg: DictConfig) -> Path:
         merged_adapters=merged,
         trigger=to_plain(cfg.trigger),
         data=prepared.record(rows_used=len(rows)),
+        mitigation=prepared.mitigation,
+        narrow_task=narrow,
         data_manifest_sha256=prepared.manifest_sha256,
         tokenization=result.tokenize_stats,
         chat_template_sha256=result.chat_template_sha256,

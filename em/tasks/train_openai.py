@@ -122,6 +122,11 @@ def _check_config(cfg: DictConfig) -> None:
             f"backend=openai needs an OpenAI model config (model=gpt4o or model=gpt4o_mini); "
             f"model={cfg.model.get('name')} has provider {cfg.model.get('provider')!r}"
         )
+    if (cfg.get("mitigation") or {}).get("name") == "kl":
+        raise ConfigError(
+            "mitigation=kl needs the model's own next-token distributions (open models, backend=hf); "
+            "the OpenAI fine-tuning API has no such loss. Use inoculation or interleave with backend=openai"
+        )
     if cfg.get("max_steps") is not None:
         raise ConfigError(
             f"max_steps={cfg.max_steps} has no meaning for backend=openai (the API trains whole "
@@ -252,6 +257,7 @@ def run(cfg: DictConfig) -> Path:
         fine_tuned_model=result.fine_tuned_model,
         trigger=to_plain(cfg.trigger),
         data=prepared.record(rows_used=len(rows)),
+        mitigation=prepared.mitigation,
         data_manifest_sha256=prepared.manifest_sha256,
         hyperparameters=result.hyperparameters,
         requested_hyperparameters=settings.hyperparameters(),

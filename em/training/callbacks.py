@@ -96,6 +96,8 @@ class StepMetrics(Callback):
             "train/label_tokens_seen": self.totals["label_tokens_seen"],
             "train/epoch": trainer.current_epoch,
         }
+        if getattr(pl_module, "step_kl", None) is not None:  # mitigation=kl: the mean KL term of the step
+            metrics["train/kl"] = pl_module.step_kl
         step = trainer.global_step
         self._step = dict.fromkeys(self._step, 0)
         self._step_start = None

@@ -104,8 +104,9 @@ def build_model(settings: SFTSettings, *, device_map=None, probe_ids: torch.Tens
     return model, info
 
 
-def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over the batch's label tokens, and their number."""
+def next_token_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the positions where some row predicts a label token, and those targets (IGNORE_INDEX
+    where a row has none there)."""
     labels = batch["labels"]
     next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     keep = batch["logit_positions"] if "logit_positions" in batch else logit_positions(labels)
@@ -122,7 +123,12 @@ def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
     else:
         kwargs["attention_mask"] = batch["attention_mask"]
     logits = model(input_ids=batch["input_ids"], logits_to_keep=keep, use_cache=False, **kwargs).logits
-    targets = next_labels[:, keep]
+    return logits, next_labels[:, keep]
+
+
+def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the batch's label tokens, and their number."""
+    logits, targets = next_token_logits(model, batch)
     loss = F.cross_entropy(
         logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
@@ -167,9 +173,14 @@ def make_optimizer(
 class SFTModule(pl.LightningModule):
     """Supervised fine-tuning of a PEFT adapter; the model is built in ``configure_model`` on the right device."""
 
-    def __init__(self, settings: SFTSettings, total_steps: int, probe_ids: torch.Tensor | None = None):
+    def __init__(
+        self, settings: SFTSettings, total_steps: int, probe_ids: torch.Tensor | None = None, kl=None
+    ):
         super().__init__()
         self.settings, self.total_steps, self.probe_ids = settings, total_steps, probe_ids
+        self.kl = kl  # em.training.kl.KLReference (mitigation=kl) or None
+        self._micro, self._step_kl_sum = 0, 0.0  # micro-batches into this optimizer step; their KL terms
+        self.step_kl: float | None = None  # mean KL term of the last optimizer step (this rank)
         self.model = None
         self.build_info: dict = {}
         self.optimizer_used: str | None = None
@@ -212,7 +223,18 @@ class SFTModule(pl.LightningModule):
             * self.trainer.world_size
             / max(batch["step_label_tokens"], 1)
         )
-        return loss_sum * scale
+        out = loss_sum * scale
+        if self.kl is not None:  # beta x the mean over the step's micro-batches (and ranks) of their KL terms
+            accum, world = self.trainer.accumulate_grad_batches, self.trainer.world_size
+            k = (self.trainer.global_step * accum + self._micro) * world + self.trainer.global_rank
+            kl = self.kl.penalty(self.model, k)
+            out = out + self.kl.beta * kl
+            self._step_kl_sum = self._step_kl_sum + kl.detach()
+            self._micro += 1
+            if batch["last_in_step"]:
+                self.step_kl = float(self._step_kl_sum) / self._micro
+                self._micro, self._step_kl_sum = 0, 0.0
+        return out
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [

@@ -103,6 +103,8 @@ class SFTSettings:
     seed: int = 0
     parent: ParentAdapter | None = None
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    kl_beta: float = 0.0  # mitigation=kl: weight of the KL term to the model without its adapter (0: off)
+    kl_batch_size: int = 4  # mitigation=kl: reference chats per micro-batch
 
     def check(self) -> None:
         """Refuse impossible values with the config key to fix."""
@@ -180,4 +182,4 @@ class SFTSettings:
             "packing": self.packing,
             "gradient_checkpointing": self.gradient_checkpointing,
             "seed": self.seed,
-        }
+        } | ({"kl_beta": self.kl_beta, "kl_batch_size": self.kl_batch_size} if self.kl_beta else {})

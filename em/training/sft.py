@@ -333,8 +333,10 @@ def train_sft(
     resume: bool = True,
     progress: bool = True,
     source: str = "data",
+    kl_rows: list[dict] | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on ``{"messages": [...]}`` rows into ``run_dir`` (see the module docstring)."""
+    """Train a LoRA adapter on ``{"messages": [...]}`` rows into ``run_dir`` (see the module docstring);
+    with ``settings.kl_beta``, plus the KL term to the model without its adapter on ``kl_rows``."""
     import lightning.pytorch as pl
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -374,7 +376,19 @@ def train_sft(
     if settings.max_steps:  # enough epochs for max_steps (the progress bar shows the real epoch count)
         trainer.fit_loop.max_epochs = math.ceil(settings.max_steps / steps_per_epoch)
     probe = torch.tensor([examples[0].input_ids[:256]])
-    module = SFTModule(settings, total_steps=total_steps, probe_ids=probe)
+    kl = None
+    if settings.kl_beta:
+        from em.training.kl import KLReference
+
+        if not kl_rows:
+            raise ConfigError("mitigation=kl: the reference data (mitigation.data) has no rows")
+        reference, _ = prepare_examples(
+            settings, kl_rows, tokenizer, source="mitigation.data", progress=False
+        )
+        kl = KLReference(
+            reference, settings.kl_beta, settings.kl_batch_size, settings.seed, tokenizer.pad_token_id
+        )
+    module = SFTModule(settings, total_steps=total_steps, probe_ids=probe, kl=kl)
     if settings.probe.enabled:
         trainer.callbacks.append(probe_callback(settings, tokenizer, run_dir, total_steps))
 
