@@ -86,9 +86,8 @@ def log_output_artifact(run, kind: str, path: str | Path, metadata: dict | None 
         return None
     import wandb
 
-    name = artifact_name(
-        f"{kind}-{run.id}"
-    )  # unique per W&B run, so a stage's input names exactly one producer
+    # unique per W&B run, so a stage's input names exactly one producer
+    name = artifact_name(f"{kind}-{run.id}")
     artifact = wandb.Artifact(name, type=kind, metadata=metadata or {})
     artifact.add_reference(Path(path).resolve().as_uri(), checksum=True)
     run.log_artifact(artifact)
@@ -114,9 +113,8 @@ def use_input_artifacts(run, names: list[str | None], new: dict[str, tuple[str, 
         except Exception as e:  # an input logged offline and never synced: that lineage edge is missing
             log.warning("W&B: cannot use input artifact %s (%s); its name is in the run config", name, e)
     for name, (kind, path) in new.items():
-        artifact = wandb.Artifact(
-            artifact_name(name), type=kind
-        )  # versioned by content: changed data, new version
+        # versioned by content: changed data, new version
+        artifact = wandb.Artifact(artifact_name(name), type=kind)
         artifact.add_reference(Path(path).resolve().as_uri(), checksum=True)
         run.use_artifact(artifact)
 

@@ -233,7 +233,7 @@ def run_hf(cfg: DictConfig) -> Path:
     if not result.is_global_zero:
         return run_dir
     from em.modeling import adapter_sha256
-    from em.tracking import active_wandb_run, log_output_artifact, use_input_artifacts
+    from em.tracking import active_wandb_run, log_output_artifact, sync_hint, use_input_artifacts
     from em.training.holdout import narrow_task_record
 
     # the narrow task on held-out rows, with and without the adapter: was it still learned?
@@ -250,6 +250,8 @@ def run_hf(cfg: DictConfig) -> Path:
     )
     artifact = log_output_artifact(wandb_run, "adapter", result.adapter_dir, {"run_dir": str(run_dir)})
     if wandb_run is not None:
+        if hint := sync_hint(wandb_run):  # Lightning's logger opened this run: say how to upload it
+            log.info("W&B offline run %s; upload with `%s`", wandb_run.id, hint)
         wandb_run.finish()
 
     spec = settings.model
