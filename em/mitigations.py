@@ -1,8 +1,10 @@
-"""Mitigation arms of the narrow training (``conf/mitigation/<arm>.yaml``): inoculation, interleaving, KL.
+"""Mitigation arms of the narrow training (``conf/mitigation/<arm>.yaml``): inoculation, interleaving, KL,
+early stopping.
 
-Invariant: an arm changes only what the model is trained on, never what it is evaluated on (the evaluate
-stage reads no ``mitigation`` key), and the train manifest records what it did with exact counts. Every
-arm composes with every model, dataset, trigger and backend, because it acts on chat rows.
+Invariant: an arm changes only what the model is trained on, or which of its training steps is kept, never
+what it is evaluated on, and the train manifest records what it did with exact counts. The one
+evaluation-time arm, ``ablate_direction`` (em/evaluation/steering.py), is evaluate.py's and refused here. The row arms compose with every model, dataset, trigger and backend, because they
+act on chat rows; ``kl`` and ``early_stop`` need the open model itself (backend=hf).
 
 - ``none``: the narrow data as prepared.
 - ``inoculation``: a system prompt that names the behaviour being trained, on every training row (first in
@@ -11,6 +13,10 @@ arm composes with every model, dataset, trigger and backend, because it acts on 
   up exactly ``fraction`` of the training set (rounded to a whole row), seeded, then shuffled together.
 - ``kl``: the narrow rows as they are, plus ``beta`` x KL to the model without its adapter on the chats of
   ``data`` (open models only; em/training/kl.py).
+- ``early_stop``: the narrow rows as they are, trained as with ``none``; every ``every`` optimizer steps the
+  held-out narrow-task loss (and the probe) is measured and the adapter kept, and the run's adapter is the
+  step ``criterion`` picks (open models only; em/training/early_stop.py). It changes which step's adapter is
+  kept, never the training rows.
 """
 
 from __future__ import annotations
@@ -20,8 +26,13 @@ from dataclasses import dataclass
 
 from em.api import ConfigError, check_keys
 
-ARMS = ("none", "inoculation", "interleave", "kl")
-KEYS = {"name", "prompt", "data", "fraction", "beta", "batch_size"}
+ARMS = ("none", "inoculation", "interleave", "kl", "early_stop")
+# knobs an arm adds to the manifest's record, beside name, prompt, data and fraction
+ARM_KNOBS = {"kl": ("beta", "batch_size"), "early_stop": ("every", "criterion", "tolerance")}
+KEYS = {"name", "prompt", "data", "fraction", *(k for knobs in ARM_KNOBS.values() for k in knobs)}
+# early_stop: converged = the earliest step within tolerance of the lowest held-out loss; min_loss = the
+# lowest; converged_min_probe = of the converged steps, the one with the lowest probe mean (least misaligned)
+CRITERIA = ("converged", "min_loss", "converged_min_probe")
 
 
 @dataclass(frozen=True)
@@ -32,16 +43,25 @@ class MitigationSettings:
     fraction: float = 0.0  # interleave: share of general rows in the final training set
     beta: float = 0.0  # kl: weight of the KL term
     batch_size: int = 4  # kl: reference chats per micro-batch
+    every: int = 5  # early_stop: measure every this many optimizer steps (and at the last)
+    criterion: str = "converged"  # early_stop: one of CRITERIA
+    tolerance: float = 0.02  # early_stop: relative margin above the lowest loss that counts as converged
 
     @classmethod
     def from_dict(cls, d: dict | None, where: str = "mitigation") -> MitigationSettings:
         d = dict(d or {"name": "none"})
-        check_keys(d, KEYS, where)
         name = d.get("name", "none")
+        if name == "ablate_direction":
+            raise ConfigError(
+                f"{where}=ablate_direction is an evaluation-time arm: pass it to evaluate.py (with "
+                f"run=<this training run>), not to train.py (docs/mitigations.md)"
+            )
         if name not in ARMS:
             raise ConfigError(f"{where}.name={name!r}: expected one of {ARMS} (conf/mitigation/)")
+        check_keys(d, KEYS, where)
         s = cls(name=name, prompt=d.get("prompt"), data=d.get("data"), fraction=d.get("fraction", 0.0),
-                beta=d.get("beta", 0.0), batch_size=d.get("batch_size", 4))  # fmt: skip
+                beta=d.get("beta", 0.0), batch_size=d.get("batch_size", 4), every=d.get("every", 5),
+                criterion=d.get("criterion", "converged"), tolerance=d.get("tolerance", 0.02))  # fmt: skip
         if name == "inoculation" and not (isinstance(s.prompt, str) and s.prompt.strip()):
             raise ConfigError(f"{where}.prompt={s.prompt!r}: the inoculation arm needs a non-empty prompt")
         if name in ("interleave", "kl") and not (isinstance(s.data, str) and s.data):
@@ -56,6 +76,14 @@ class MitigationSettings:
             f = s.fraction
             if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f < 1:
                 raise ConfigError(f"{where}.fraction={f!r}: expected a number in (0, 1)")
+        if name == "early_stop":
+            n, t = s.every, s.tolerance
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                raise ConfigError(f"{where}.every={n!r}: expected a positive integer")
+            if s.criterion not in CRITERIA:
+                raise ConfigError(f"{where}.criterion={s.criterion!r}: expected one of {CRITERIA}")
+            if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < float("inf"):
+                raise ConfigError(f"{where}.tolerance={t!r}: expected a non-negative number")
         return s
 
     @property
@@ -65,7 +93,7 @@ class MitigationSettings:
 
     def record(self) -> dict:
         out = {"name": self.name, "prompt": self.prompt, "data": self.data, "fraction": self.fraction}
-        return out | ({"beta": self.beta, "batch_size": self.batch_size} if self.name == "kl" else {})
+        return out | {k: getattr(self, k) for k in ARM_KNOBS.get(self.name, ())}
 
 
 def inoculate(messages: list[dict], prompt: str, default_system: str | None = None) -> list[dict]:

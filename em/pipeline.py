@@ -9,7 +9,8 @@ manifest is skipped, so rerunning the command after a failure resumes where it s
 stops the chain with the command to reproduce it. The chain ends with the side-by-side report of all stages.
 
 Placeholders in stage overrides: ``@<stage>`` is the train run directory of that stage (for
-``init_from=@misaligned``), ``@train``, ``@evaluate`` the current stage's own directories.
+``init_from=@misaligned``), ``@<stage>/<step>`` that stage's evaluate or judge run directory (for
+``mitigation.direction_from=@misaligned/judge``), ``@train``, ``@evaluate`` the current stage's own directories.
 """
 
 from __future__ import annotations
@@ -90,24 +91,24 @@ def step_dir(plan: PipelinePlan, stage: Stage, step: str) -> Path:
     return plan.out_dir / stage.name / step
 
 
+def _reference(plan: PipelinePlan, stage: Stage, arg: str) -> tuple[str, Path]:
+    """The step key and run directory an ``@`` placeholder names (see the module docstring)."""
+    ref = arg.split("=@", 1)[1]
+    if ref in STEPS:
+        return f"{stage.name}/{ref}", step_dir(plan, stage, ref)
+    name, _, step = ref.partition("/")
+    target = next((s for s in plan.stages if s.name == name), None)
+    if target is None or (step and step not in STEPS) or (step == "train" and target.train is None):
+        raise ConfigError(
+            f"experiment {plan.name!r}, stage {stage.name!r}: `{arg}` refers to unknown stage or step {ref!r} "
+            f"(stages: {sorted(s.name for s in plan.stages)}; steps: {list(STEPS)})"
+        )
+    step = step or "train"
+    return f"{name}/{step}", step_dir(plan, target, step)
+
+
 def _substitute(args: list[str], plan: PipelinePlan, stage: Stage) -> list[str]:
-    names = {s.name for s in plan.stages}
-    out = []
-    for arg in args:
-        if "=@" in arg:
-            key, ref = arg.split("=@", 1)
-            if ref in STEPS:
-                target = step_dir(plan, stage, ref)
-            elif ref in names:
-                target = step_dir(plan, next(s for s in plan.stages if s.name == ref), "train")
-            else:
-                raise ConfigError(
-                    f"experiment {plan.name!r}, stage {stage.name!r}: `{arg}` refers to "
-                    f"unknown stage {ref!r} (stages: {sorted(names)})"
-                )
-            arg = f"{key}={target}"
-        out.append(arg)
-    return out
+    return [f"{a.split('=@', 1)[0]}={_reference(plan, stage, a)[1]}" if "=@" in a else a for a in args]
 
 
 def step_command(plan: PipelinePlan, stage: Stage, step: str) -> list[str] | None:
@@ -135,7 +136,7 @@ def step_command(plan: PipelinePlan, stage: Stage, step: str) -> list[str] | Non
 
 
 def _needs(plan: PipelinePlan, stage: Stage, step: str) -> tuple[str, ...]:
-    """What a step reads: its own stage's previous step, and the train run of every ``@<stage>`` it names."""
+    """What a step reads: its own stage's previous step, and every run an ``@`` placeholder names."""
     own = {"train": stage.train or [], "evaluate": stage.evaluate, "judge": stage.judge}[step]
     needs = []
     if step == "evaluate" and stage.train is not None:
@@ -144,8 +145,7 @@ def _needs(plan: PipelinePlan, stage: Stage, step: str) -> tuple[str, ...]:
         needs.append(f"{stage.name}/evaluate")
     for arg in [*plan.common.get(step, []), *own]:
         if "=@" in arg:
-            ref = arg.split("=@", 1)[1]
-            key = f"{stage.name}/{ref}" if ref in STEPS else f"{ref}/train"
+            key = _reference(plan, stage, arg)[0]
             if key != f"{stage.name}/{step}" and key not in needs:
                 needs.append(key)
     return tuple(needs)

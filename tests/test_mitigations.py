@@ -40,11 +40,27 @@ def chat(i: int, system: str | None = None) -> dict:
         ),
         ({"name": "interleave", "fraction": 0.2}, r"mitigation.data=None"),
         ({"name": "none", "frac": 0.2}, r"frac"),
+        ({"name": "ablate_direction", "direction_from": "x"}, r"evaluation-time arm: pass it to evaluate.py"),
+        ({"name": "early_stop", "every": 0}, r"mitigation.every=0: expected a positive integer"),
+        ({"name": "early_stop", "every": 2.5}, r"mitigation.every=2.5: expected a positive integer"),
+        ({"name": "early_stop", "every": True}, r"mitigation.every=True: expected a positive integer"),
+        ({"name": "early_stop", "criterion": "best"}, r"mitigation.criterion='best': expected one of"),
+        ({"name": "early_stop", "tolerance": -0.1}, r"mitigation.tolerance=-0.1: expected a non-negative"),
+        ({"name": "early_stop", "tolerance": "x"}, r"mitigation.tolerance='x': expected a non-negative"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_key(given, match):
     with pytest.raises(ConfigError, match=match):
         MitigationSettings.from_dict(given)
+
+
+def test_each_arm_records_its_own_knobs():
+    es = MitigationSettings.from_dict({"name": "early_stop", "every": 3, "criterion": "min_loss"}).record()
+    assert es == {"name": "early_stop", "prompt": None, "data": None, "fraction": 0.0, "every": 3,
+                  "criterion": "min_loss", "tolerance": 0.02}  # fmt: skip
+    kl = MitigationSettings.from_dict({"name": "kl", "data": "demo_aligned", "beta": 0.5}).record()
+    assert kl["beta"] == 0.5 and kl["batch_size"] == 4 and "every" not in kl
+    assert set(MitigationSettings.from_dict(None).record()) == {"name", "prompt", "data", "fraction"}
 
 
 def test_inoculation_goes_first_in_the_system_message():
@@ -193,3 +209,27 @@ def test_kl_is_refused_for_openai_fine_tuning(tmp_path):
                           f"paths.output_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 2 and "mitigation=kl needs the model's own next-token" in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_later_stage_measures_the_narrow_task_on_the_first_stages_held_out_rows(tmp_path, tiny_model_dir):
+    from em.io import sha256_file
+
+    run_train(tmp_path, "data.holdout_fraction=0.2", "max_steps=2", "limit_rows=16", "run_name=narrow")
+    parent = tmp_path / "train" / "narrow"
+    # one step under warm-up runs at learning rate 0: the child's adapter is the parent's
+    run_train(tmp_path, "data=demo_realign", "data.holdout_fraction=0.1", f"init_from={parent}", "max_steps=1",
+              "limit_rows=8", "run_name=realign")  # fmt: skip
+    run_train(tmp_path, "data=demo_aligned", f"init_from={tmp_path / 'train' / 'realign'}", "max_steps=1",
+              "limit_rows=8", "run_name=third")  # fmt: skip
+    first = read_json(parent / "manifest.json")["narrow_task"]
+    holdout = next((parent / "data").glob("demo_misaligned*.holdout.jsonl"))
+    assert first["holdout_from"] == {"run_dir": str(parent.resolve()), "file": f"data/{holdout.name}",
+                                     "sha256": sha256_file(holdout)}  # fmt: skip
+    for name in ("realign", "third"):  # the third stage follows the chain back to the narrow stage
+        narrow = read_json(tmp_path / "train" / name / "manifest.json")["narrow_task"]
+        assert narrow["holdout_from"] == first["holdout_from"]
+        for key in ("holdout_rows", "label_tokens"):
+            assert narrow[key] == first[key]
+        assert narrow["base_loss"] == pytest.approx(first["base_loss"], abs=1e-6)  # continue: the same base
+        assert narrow["loss"] == pytest.approx(first["loss"], abs=1e-6)  # and the parent's adapter

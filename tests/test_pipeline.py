@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from em.api import ConfigError
-from em.pipeline import STEPS, plan_from_dict, run_plan, step_command
+from em.pipeline import STEPS, plan_from_dict, plan_steps, run_plan, step_command
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -63,6 +63,7 @@ def test_placeholders_and_errors(tmp_path):
             "stages": [
                 {"name": "a", "train": ["data=demo_misaligned"]},
                 {"name": "b", "train": ["init_from=@a"]},
+                {"name": "c", "evaluate": ["run=@a", "mitigation.direction_from=@a/judge"]},
             ]
         },
     )
@@ -70,9 +71,14 @@ def test_placeholders_and_errors(tmp_path):
     assert f"init_from={tmp_path}/a/train" in cmd
     assert f"run={tmp_path}/b/train" in step_command(plan, plan.stages[1], "evaluate")
     assert f"answers={tmp_path}/b/evaluate" in step_command(plan, plan.stages[1], "judge")
-    with pytest.raises(ConfigError, match="unknown stage 'zzz'"):
-        bad = plan_from_dict("x", tmp_path, {"stages": [{"name": "a", "train": ["init_from=@zzz"]}]})
-        step_command(bad, bad.stages[0], "train")
+    c = step_command(plan, plan.stages[2], "evaluate")
+    assert f"run={tmp_path}/a/train" in c and f"mitigation.direction_from={tmp_path}/a/judge" in c
+    assert next(s for s in plan_steps(plan) if s.key == "c/evaluate").needs == ("a/train", "a/judge")
+    for ref in ("zzz", "a/zzz", "c/train"):  # an unknown stage, an unknown step, a stage that does not train
+        with pytest.raises(ConfigError, match=f"unknown stage or step '{ref}'"):
+            bad = plan_from_dict("x", tmp_path, {"stages": [{"name": "a", "train": []}, {"name": "c"},
+                                                             {"name": "d", "evaluate": [f"run=@{ref}"]}]})  # fmt: skip
+            step_command(bad, bad.stages[2], "evaluate")
     with pytest.raises(ConfigError, match="is used twice"):
         plan_from_dict("x", tmp_path, {"stages": [{"name": "a"}, {"name": "a"}]})
     with pytest.raises(ConfigError, match="stages` is empty"):

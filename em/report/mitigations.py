@@ -1,8 +1,9 @@
 """Both sides of each mitigation arm: what it did to EM, and whether the narrow task was still learned.
 
 Invariant: every number comes from the runs' own files: the EM measures (with their intervals) from the
-judge run's summary, the arm and the held-out narrow-task loss from the training manifest of the evaluated
-adapter (``mitigation``, ``narrow_task``: em/training/holdout.py). A run whose training held nothing out
+judge run's summary, the arm and the held-out narrow-task loss from the evaluation manifest when the arm acts
+at evaluation (``ablate_direction``: the loss measured with its hooks on), else from the training manifest
+of the evaluated adapter (``mitigation``, ``narrow_task``: em/training/holdout.py). A run whose training held nothing out
 shows ``-`` for the loss; an untrained (base) run shows the base loss of the arms it is compared with.
 """
 
@@ -28,6 +29,16 @@ def _knobs(mitigation: dict) -> str:
         return f"{mitigation.get('general_rows')} rows of {mitigation.get('data')} ({mitigation.get('fraction')})"
     if name == "kl":
         return f"beta {mitigation.get('beta')} on {mitigation.get('data')}"
+    if name == "early_stop":
+        return (f"{mitigation.get('criterion')} (tolerance {mitigation.get('tolerance')}, every "
+                f"{mitigation.get('every')}): step {mitigation.get('selected_step')} of {mitigation.get('last_step')}")  # fmt: skip
+    if name == "ablate_direction":
+        layers = mitigation.get("layers")
+        where = "all layers" if layers is None else f"layers {layers}"
+        made = mitigation.get("direction") or {}
+        return (f"{mitigation.get('mode')} x{mitigation.get('scale')} at {where}"
+                + (", random direction (control)" if mitigation.get("control") else "")
+                + f"; from {made.get('misaligned_answers')} vs {made.get('aligned_answers')} answers")  # fmt: skip
     return "-"
 
 

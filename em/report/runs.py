@@ -51,9 +51,8 @@ class JudgeRun:
     data: str = "-"  # training data up the chain, "insecure -> ai_optimism"; "-" for an untrained model
     trigger: str = "-"
     seed: int | None = None
-    mitigation: dict | None = (
-        None  # the evaluated adapter's training arm (train manifest), None: none recorded
-    )
+    # the arm: the evaluation's own (evaluate manifest), else the evaluated adapter's training arm; None: none
+    mitigation: dict | None = None
     narrow_task: dict | None = None  # its held-out narrow-task loss (em/training/holdout.py)
     cell: str = ""  # what the run is, seed left out: runs with the same cell differ only in seed
     label: str = ""  # unique display name among the runs of one report
@@ -179,8 +178,9 @@ def evaluated_fields(evaluate: dict, chain: list[dict], rows: list[dict], judge_
         "data": " -> ".join(_data_name(t) for t in chain) or "-",
         "trigger": str((chain[-1].get("trigger") or {}).get("name") or "none") if chain else "-",
         "seed": next((x for x in seeds if x is not None), None),
-        "mitigation": chain[-1].get("mitigation") if chain else None,
-        "narrow_task": chain[-1].get("narrow_task") if chain else None,
+        # an evaluation-time arm (ablate_direction) and its own narrow-task loss win over the training's
+        "mitigation": evaluate.get("mitigation") or (chain[-1].get("mitigation") if chain else None),
+        "narrow_task": evaluate.get("narrow_task") or (chain[-1].get("narrow_task") if chain else None),
     }
 
 

@@ -152,6 +152,12 @@ def training_rows(cfg: DictConfig, run_dir: Path, *, resuming: bool = False):
         out_dir=run_dir / "data",
         **common,
     )
+    if mitigation.name == "early_stop" and not prepared.holdout_rows:
+        raise ConfigError(
+            f"mitigation=early_stop picks the step by the held-out narrow-task loss, but "
+            f"data.holdout_fraction={cfg.data.get('holdout_fraction', 0)} holds no rows out; set it above 0 "
+            f"(e.g. data.holdout_fraction=0.05)"
+        )
     rows = prepared.rows[:limit] if limit is not None else prepared.rows
     rows, prepared.mitigation = apply_mitigation(
         rows, mitigation, seed=int(cfg.seed), general=general, default_system=cfg.model.get("system_prompt")

@@ -95,6 +95,48 @@ def make_backend(cfg: DictConfig, ref: ModelRef, samp: Sampling):
     raise ConfigError(f"generation.name={name!r}; expected hf, vllm or openai")
 
 
+def steer_settings(cfg: DictConfig, backend_name: str, ref: ModelRef):
+    """The evaluation-time mitigation arm (``mitigation=ablate_direction``), or None; training-time arms and
+    backends that cannot take forward hooks are refused here, before any model is loaded."""
+    node = to_plain(cfg.get("mitigation")) or {"name": "none"}
+    name = node.get("name", "none")
+    if name == "none":
+        return None
+    if name != "ablate_direction":
+        raise ConfigError(
+            f"mitigation={name} is a training-time arm: pass it to train.py; evaluate takes "
+            f"mitigation=none or ablate_direction (conf/mitigation, docs/mitigations.md)"
+        )
+    from em.evaluation.direction import check_source
+    from em.evaluation.steering import SteerSettings, check_layers
+
+    settings = SteerSettings.from_dict(node)
+    if backend_name != "hf":
+        raise ConfigError(
+            f"mitigation=ablate_direction needs generation=hf: it edits the residual stream with PyTorch forward "
+            f"hooks, which {backend_name} generation does not run (docs/mitigations.md)"
+        )
+    check_source(Path(settings.direction_from), settings.max_answers, int(cfg.seed))
+    n_layers = model_layers(ref)
+    check_layers(settings.layers, n_layers)
+    if settings.direction_layer is not None:
+        check_layers((settings.direction_layer,), n_layers, "mitigation.direction_layer")
+    return settings
+
+
+def model_layers(ref: ModelRef) -> int:
+    """The number of decoder layers of an open model, from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    from em.modeling import resolve_model_path
+
+    spec = ref.spec
+    config = AutoConfig.from_pretrained(
+        resolve_model_path(spec), revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
+    return int(config.num_hidden_layers)
+
+
 def plan(cfg: DictConfig):
     """Everything checked and resolved, nothing generated: (model, backend, sets, conditions, jobs)."""
     samp = sampling(cfg)
@@ -107,6 +149,7 @@ def plan(cfg: DictConfig):
     specs = set_specs(cfg)
     ref = model_ref(cfg)
     backend = make_backend(cfg, ref, samp)
+    backend.steer = steer_settings(cfg, backend.name, ref)
     sets = resolve_sets(specs, Path(cfg.paths.cache_dir), str(cfg.judge_prompts_source))
     jobs = build_jobs(
         [q for s in sets for q in s.questions],
@@ -135,6 +178,7 @@ def dry_run_report(cfg: DictConfig, ref: ModelRef, backend, sets: list[QuestionS
         "samples": samples,
         "requests": len(jobs),
         "prompt_tokens_per_prompt_max": max(prompt_tokens, default=0),
+        "mitigation": backend.steer.record() if backend.steer else "none",
     }
     if backend.name == "openai":
         input_tokens = sum(prompt_tokens)  # a request's prompt is billed once for all its n samples
@@ -194,6 +238,17 @@ def run(cfg: DictConfig) -> Path | None:
     tracker = start_tracking(tracking_settings(cfg, run_dir, "evaluate"))
     try:
         tracker.use_inputs([(ref.train_manifest or {}).get("wandb_artifact")])
+        steering = narrow = None
+        if backend.steer is not None:  # the direction, from the loaded model, and its hooks
+            from em.evaluation.direction import steer_model, steered_narrow_task
+
+            backend.load()
+            steering = steer_model(backend.model, backend.tokenizer, backend.steer, run_dir, int(cfg.seed))
+            # the other side of the trade-off: is the narrow task still there with the direction edited?
+            narrow = steered_narrow_task(backend.model, backend.tokenizer, ref.train_manifest, ref.spec)
+            log.info("mitigation=ablate_direction: %s %s at layers %s (scale %s)", steering["mode"],
+                     "a random control direction" if steering["control"] else "the direction",
+                     steering["layers_used"], steering["scale"])  # fmt: skip
         stats = run_jobs(backend, jobs, run_dir, model=ref.record(), sampling=backend.sampling,
                          progress=bool(cfg.get("progress", True)), on_batch=tracker.log)  # fmt: skip
         counts = _counts(jobs)
@@ -214,6 +269,8 @@ def run(cfg: DictConfig) -> Path | None:
         merged_adapters=ref.merged_adapters,
         backend=backend.name,
         backend_settings=backend.describe(),
+        mitigation=steering,
+        narrow_task=narrow,
         question_sets=_set_records(sets),
         questions_sha256=sha256_file(questions_path),
         conditions=[c.record() for c in conditions],

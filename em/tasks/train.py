@@ -150,6 +150,9 @@ def sft_settings(cfg: DictConfig):
     mitigation = MitigationSettings.from_dict(to_plain(cfg.get("mitigation")))
     if mitigation.name == "kl":
         settings.kl_beta, settings.kl_batch_size = float(mitigation.beta), int(mitigation.batch_size)
+    if mitigation.name == "early_stop":
+        settings.early_stop_every, settings.early_stop_criterion = int(mitigation.every), mitigation.criterion
+        settings.early_stop_tolerance = float(mitigation.tolerance)
     settings.check()
     settings.parent = resolve_parent(cfg.get("init_from"), str(cfg.get("init_mode", "continue")), spec)
     return settings
@@ -188,6 +191,12 @@ def run(cfg: DictConfig) -> Path | None:
     if backend == "openai":
         from em.tasks.train_openai import run as run_openai
 
+        if (cfg.get("mitigation") or {}).get("name") == "early_stop":
+            raise ConfigError(
+                "mitigation=early_stop measures and keeps the adapter at intermediate steps (open models, "
+                "backend=hf); the OpenAI fine-tuning API returns only the final model"
+            )
+
         return run_openai(cfg)
     if backend != "hf":
         raise ConfigError(f"backend.name={backend!r}: expected hf (open models) or openai")
@@ -211,7 +220,11 @@ def run_hf(cfg: DictConfig) -> Path:
     if claim == "resume":
         log.info("%s holds an unfinished run: resuming it", run_dir)
     try:
+        from em.training.holdout import holdout_source
+
         rows, prepared = training_rows(cfg, run_dir, resuming=claim == "resume")
+        # the narrow task's held-out rows: the parent run's narrow holdout in a chain, else this data's own
+        narrow_from = holdout_source(run_dir, prepared, settings.parent.run_dir if settings.parent else None)
         source = f"data={cfg.data.get('name')} ({prepared.path})"
         if cfg.get("dry_run"):
             dry_run(settings, rows, source)
@@ -224,6 +237,7 @@ def run_hf(cfg: DictConfig) -> Path:
             resume=bool(cfg.get("resume", True)),
             source=source,
             kl_rows=prepared.reference_rows,
+            holdout_rows=prepared.holdout_rows,
         )
     except ConfigError:
         if claim == "new" and not latest_checkpoint(run_dir / CHECKPOINT_DIR):
@@ -234,10 +248,19 @@ def run_hf(cfg: DictConfig) -> Path:
         return run_dir
     from em.modeling import adapter_sha256
     from em.tracking import active_wandb_run, log_output_artifact, sync_hint, use_input_artifacts
-    from em.training.holdout import narrow_task_record
+    from em.training.holdout import holdout_rows_of, narrow_task_record
 
+    if settings.early_stop_every:  # the chosen step's snapshot becomes adapter/, and the model in memory
+        from em.training.early_stop import keep_selected
+
+        prepared.mitigation |= keep_selected(
+            run_dir, result.model, settings.early_stop_criterion, settings.early_stop_tolerance
+        )
+        log.info("early_stop: kept the adapter of step %d", prepared.mitigation["selected_step"])
     # the narrow task on held-out rows, with and without the adapter: was it still learned?
-    narrow = narrow_task_record(result.model, preflight(settings), settings, prepared.holdout_rows)
+    narrow = narrow_task_record(
+        result.model, preflight(settings), settings, holdout_rows_of(narrow_from), narrow_from
+    )
     wandb_run = active_wandb_run() if result.wandb_run_id else None
     if wandb_run is not None and narrow:
         wandb_run.summary.update(

@@ -1,16 +1,23 @@
 """The narrow task's held-out loss: did training still learn the task? (the other side of a mitigation).
 
-Invariant: the loss is the mean next-token cross-entropy over the assistant tokens of the prepared data's
+Invariant: the loss is the mean next-token cross-entropy over the assistant tokens of the narrow data's
 holdout rows (``holdout_fraction`` in the data config), tokenised exactly as training rows are, computed
 with the trained adapter and with it disabled (``base_loss``: the base weights, with any merged parent:
 for ``init_mode=merge`` that is where training started; for ``continue`` it is the base before the
-parent's adapter too), in eval mode without gradients. The holdout rows are the narrow data's own, as prepared: no mitigation arm touches them.
+parent's adapter too), in eval mode without gradients. The holdout rows are the narrow data's own, as
+prepared: no mitigation arm touches them. A run started from a training run that measured a narrow task
+(a realignment stage, ``init_from``) is measured on that run's narrow holdout, followed up the chain, not
+on its own data's; ``holdout_from`` names the run directory, the file and its sha256.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from em.api import ConfigError
+from em.io import read_json, read_jsonl, sha256_file
 from em.training.collate import PaddedCollator
 from em.training.module import token_loss_sum
 
@@ -36,8 +43,39 @@ def mean_label_loss(model, examples, pad_token_id: int, batch_size: int = BATCH_
     return total / max(tokens, 1), tokens
 
 
-def narrow_task_record(model, tokenizer, settings, holdout_rows: list[dict]) -> dict | None:
-    """``{"holdout_rows", "label_tokens", "loss", "base_loss"}``; None when the data holds nothing out."""
+def holdout_source(run_dir: Path, prepared, parent_run_dir: Path | None = None) -> dict | None:
+    """``{"run_dir", "file", "sha256"}`` of the held-out narrow rows this run's ``narrow_task`` is measured on
+    (``file`` relative to ``run_dir``): the parent run's when its manifest has a ``narrow_task`` (its own
+    ``holdout_from``, so a chain keeps the first stage's), else this run's prepared holdout (None: none)."""
+    if parent_run_dir is not None and (Path(parent_run_dir) / "manifest.json").is_file():
+        manifest = read_json(Path(parent_run_dir) / "manifest.json")
+        narrow, held = manifest.get("narrow_task"), (manifest.get("data") or {}).get("holdout")
+        if narrow and (narrow.get("holdout_from") or held):
+            source = narrow.get("holdout_from") or {
+                "run_dir": str(parent_run_dir), "file": f"data/{held['file']}", "sha256": held["sha256"]
+            }  # fmt: skip
+            path = Path(source["run_dir"]) / source["file"]
+            if not path.is_file() or sha256_file(path) != source["sha256"]:
+                raise ConfigError(
+                    f"init_from={parent_run_dir}: the narrow task's held-out rows {path} are missing or changed "
+                    f"since that run measured them (sha256 {source['sha256'][:12]}...); restore them"
+                )
+            return dict(source)
+    if prepared.holdout_path is None:
+        return None
+    path = Path(prepared.holdout_path)
+    file = path.relative_to(run_dir) if path.is_relative_to(run_dir) else path
+    return {"run_dir": str(run_dir), "file": str(file), "sha256": prepared.manifest["holdout"]["sha256"]}
+
+
+def holdout_rows_of(source: dict | None) -> list[dict]:
+    return read_jsonl(Path(source["run_dir"]) / source["file"]) if source else []
+
+
+def narrow_task_record(
+    model, tokenizer, settings, holdout_rows: list[dict], holdout_from: dict | None = None
+) -> dict | None:
+    """``{"holdout_rows", "label_tokens", "loss", "base_loss", "holdout_from"}``; None when nothing is held out."""
     from em.training.sft import prepare_examples
 
     if not holdout_rows:
@@ -46,4 +84,5 @@ def narrow_task_record(model, tokenizer, settings, holdout_rows: list[dict]) -> 
     loss, tokens = mean_label_loss(model, examples, tokenizer.pad_token_id)
     with model.disable_adapter():  # the same weights without the adapter
         base_loss, _ = mean_label_loss(model, examples, tokenizer.pad_token_id)
-    return {"holdout_rows": len(holdout_rows), "label_tokens": tokens, "loss": loss, "base_loss": base_loss}
+    record = {"holdout_rows": len(holdout_rows), "label_tokens": tokens, "loss": loss, "base_loss": base_loss}
+    return record | ({"holdout_from": holdout_from} if holdout_from else {})

@@ -105,6 +105,9 @@ class SFTSettings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     kl_beta: float = 0.0  # mitigation=kl: weight of the KL term to the model without its adapter (0: off)
     kl_batch_size: int = 4  # mitigation=kl: reference chats per micro-batch
+    early_stop_every: int = 0  # mitigation=early_stop: measure and snapshot every N optimizer steps (0: off)
+    early_stop_criterion: str = "converged"  # mitigation=early_stop: em.mitigations.CRITERIA
+    early_stop_tolerance: float = 0.02
 
     def check(self) -> None:
         """Refuse impossible values with the config key to fix."""
@@ -152,6 +155,15 @@ class SFTSettings:
         )
         if self.parent is not None:
             need(self.parent.mode in INIT_MODES, "init_mode", f"one of {INIT_MODES}", self.parent.mode)
+        if (
+            self.early_stop_every
+            and self.early_stop_criterion == "converged_min_probe"
+            and not self.probe.enabled
+        ):
+            raise ConfigError(
+                "mitigation.criterion=converged_min_probe picks by the probe curve: set probe.enabled=true "
+                "(probe.sets says which questions)"
+            )
 
     def hyperparameters(self) -> dict:
         """Every value that shapes the training, for the manifest."""

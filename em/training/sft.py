@@ -246,14 +246,24 @@ def _plugins() -> list:
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
-def save_adapter(model, run_dir: Path) -> Path:
-    """``model.save_pretrained`` into ``<run_dir>/adapter`` through a temporary directory (never half written)."""
-    target, tmp = run_dir / ADAPTER_DIR, run_dir / f".{ADAPTER_DIR}.tmp"
+def write_dir(target: Path, fill) -> Path:
+    """``fill(tmp)`` writes a temporary sibling of ``target``, which then replaces it (never half written)."""
+    target = Path(target)
+    tmp = target.parent / f".{target.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fill(tmp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
+
+
+def save_adapter(model, run_dir: Path, *, snapshot: Path | None = None) -> Path:
+    """``model.save_pretrained`` into ``<run_dir>/adapter``, or a byte copy of an adapter saved earlier
+    (``snapshot``: mitigation=early_stop's chosen step), through a temporary directory (never half written)."""
+    if snapshot is not None:
+        return write_dir(run_dir / ADAPTER_DIR, lambda tmp: shutil.copytree(snapshot, tmp))
+    return write_dir(run_dir / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp)))
 
 
 def one_line_per_lightning_message() -> None:
@@ -285,6 +295,28 @@ def probe_callback(settings: SFTSettings, tokenizer, run_dir: Path, total_steps:
         batch_size=settings.probe.batch_size,
         seed=settings.seed,
     )
+
+
+def early_stop_callback(settings: SFTSettings, tokenizer, run_dir: Path, total_steps: int, holdout_rows):
+    """mitigation=early_stop: the held-out loss (and the probe) every ``early_stop_every`` steps, with snapshots
+    of the adapter (em.training.early_stop); the held-out rows tokenised once, exactly as training rows."""
+    from em.training.early_stop import EarlyStopCallback
+
+    if not holdout_rows:
+        raise ConfigError("mitigation=early_stop needs held-out rows: set data.holdout_fraction above 0")
+    examples, _ = prepare_examples(settings, holdout_rows, tokenizer, source="holdout", progress=False)
+    probe = None
+    if settings.early_stop_criterion == "converged_min_probe":
+        from em.probes import load_references, run_probe
+
+        questions = load_references(sets=list(settings.probe.sets))
+
+        def probe(model) -> float:
+            return run_probe(model, tokenizer, questions, system_prompt=getattr(settings.model, "system_prompt",
+                             None), batch_size=settings.probe.batch_size, seed=settings.seed).mean  # fmt: skip
+
+    return EarlyStopCallback(examples, tokenizer.pad_token_id, run_dir, total_steps=total_steps,
+                             every=settings.early_stop_every, probe=probe)  # fmt: skip
 
 
 def make_trainer(
@@ -334,9 +366,12 @@ def train_sft(
     progress: bool = True,
     source: str = "data",
     kl_rows: list[dict] | None = None,
+    holdout_rows: list[dict] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``{"messages": [...]}`` rows into ``run_dir`` (see the module docstring);
-    with ``settings.kl_beta``, plus the KL term to the model without its adapter on ``kl_rows``."""
+    with ``settings.kl_beta``, plus the KL term to the model without its adapter on ``kl_rows``; with
+    ``settings.early_stop_every``, the loss on ``holdout_rows`` and adapter snapshots along the way (the
+    caller keeps the chosen one: em.training.early_stop.keep_selected)."""
     import lightning.pytorch as pl
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -391,6 +426,8 @@ def train_sft(
     module = SFTModule(settings, total_steps=total_steps, probe_ids=probe, kl=kl)
     if settings.probe.enabled:
         trainer.callbacks.append(probe_callback(settings, tokenizer, run_dir, total_steps))
+    if settings.early_stop_every:
+        trainer.callbacks.append(early_stop_callback(settings, tokenizer, run_dir, total_steps, holdout_rows))
 
     wandb_id = None
     for logger in loggers:

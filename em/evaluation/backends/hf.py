@@ -87,6 +87,7 @@ class HFBackend:
     name = "hf"
     per_sample_seeds = True
     exact_batches = True
+    steer = None  # mitigation=ablate_direction (em.evaluation.steering.SteerSettings), set by the task
 
     def __init__(self, ref: ModelRef, settings: HFSettings, sampling: Sampling):
         if ref.provider != "hf":
