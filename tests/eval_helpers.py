@@ -43,7 +43,10 @@ QUESTION_KEYS = {"set", "id", "type", "paraphrases", "system", "judge_prompts", 
 
 def eval_cfg(tmp_path: Path, *overrides: str, run_name: str = "t"):
     """The evaluate config for a test: tiny model, small sampling, outputs under ``tmp_path``."""
+    from hydra.core.hydra_config import HydraConfig
+
     GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # an in-process Hydra job of an earlier test would choose the run dir
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             "evaluate",
