@@ -121,8 +121,10 @@ def build_workspace(
     question_keys: Iterable[str],
     conditions: Iterable[str],
     stage_labels: Iterable[str] = STAGE_LABELS,
+    run_ids: list[str] | None = None,
 ) -> ws.Workspace:
-    """The experiment's workspace: its W&B group's runs, grouped (and coloured) by ``config.stage_label``."""
+    """The experiment's workspace: its W&B group's runs (or exactly ``run_ids``: a pipeline cell whose shared
+    steps were logged in another cell's group), grouped (and coloured) by ``config.stage_label``."""
     question_keys, conditions = list(question_keys), list(conditions)
     sections = [
         ws.Section(name="EM rate by stage", panels=em_rate_panels(conditions), is_open=True),
@@ -143,7 +145,7 @@ def build_workspace(
         sections=sections,
         settings=ws.WorkspaceSettings(max_runs=100),
         runset_settings=ws.RunsetSettings(
-            filters=[expr.Metric("Group") == experiment],
+            filters=[expr.Metric("ID").isin(run_ids) if run_ids else expr.Metric("Group") == experiment],
             groupby=[expr.Config("stage_label")],
             group_colors=stage_colors(stage_labels),
             order=[expr.Ordering(expr.Metric("CreatedTimestamp"), ascending=True)],  # pipeline order
@@ -169,8 +171,9 @@ def _one(values: list, what: str, runs: list[Path]):
     return distinct[0] if distinct else None
 
 
-def experiment_inputs(runs: list[Path]) -> dict:
-    """What :func:`build_workspace` needs, from the judge runs' summary.json and run_config.json."""
+def experiment_inputs(runs: list[Path], *, one_group: bool = True) -> dict:
+    """What :func:`build_workspace` needs, from the judge runs' summary.json and run_config.json; ``one_group``
+    refuses runs of two W&B groups (the workspace shows one group)."""
     questions, conditions, stages, names, projects, entities = {}, {}, {}, [], [], []
     for run in runs:
         summary, config = _read(run, "summary.json"), _read(run, RUN_CONFIG)
@@ -189,7 +192,7 @@ def experiment_inputs(runs: list[Path]) -> dict:
         projects.append(logger.get("project"))
         entities.append(logger.get("entity"))
     return {
-        "experiment": _one(names, "experiment", runs),
+        "experiment": _one(names, "experiment", runs) if one_group else next((n for n in names if n), None),
         "project": _one(projects, "W&B project", runs) or DEFAULT_PROJECT,
         "entity": _one(entities, "W&B entity", runs),
         "question_keys": sorted(questions),
@@ -212,16 +215,19 @@ def write_dashboard(
     entity: str | None = None,
     project: str | None = None,
     experiment: str | None = None,
+    run_ids: list[str] | None = None,
 ) -> dict:
     """Write ``<out_dir>/dashboard.json``; with ``save`` (and W&B credentials) also save the workspace.
 
-    ``paths``: a pipeline run dir (or any folder holding judge runs) or judge run dirs. Returns
+    ``paths``: a pipeline run dir (or any folder holding judge runs) or judge run dirs; ``run_ids``: the W&B
+    runs to show, whatever their group (else the group of the judge runs). Returns
     ``{"spec": path, "url": url or None, "workspace": Workspace}``.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     runs = find_judge_runs(paths)
-    inputs = experiment_inputs(runs)
+    inputs = experiment_inputs(runs, one_group=not run_ids)
     inputs["experiment"] = experiment or inputs["experiment"]
+    inputs["run_ids"] = run_ids
     if not inputs["experiment"]:
         raise ConfigError(f"{runs[0]}: no experiment_name in {RUN_CONFIG} (pass --experiment NAME)")
     inputs["project"] = project or inputs["project"]

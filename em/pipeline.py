@@ -3,10 +3,12 @@
 An experiment (``conf/experiment/<name>.yaml``) is a chain of stages, e.g. base -> misaligned -> realigned.
 Each stage may train (possibly from the previous stage's adapter or fine-tuned model), then evaluates and
 judges. Every step runs as its own ``train.py`` / ``evaluate.py`` / ``judge.py`` process with explicit
-overrides, exactly the commands a researcher could type, into
-``<pipeline run dir>/<stage>/{train,evaluate,judge}``. A step whose run directory already holds a complete
-manifest is skipped, so rerunning the command after a failure resumes where it stopped; a step that fails
-stops the chain with the command to reproduce it. The chain ends with the side-by-side report of all stages.
+overrides, exactly the commands a researcher could type. Before any runs, every step's config is composed and
+its identity taken (em.identity): with a store (``stages_dir``), the step runs in the store's directory of that
+identity, shared with every plan that needs the same step, and ``<pipeline run dir>/<stage>/<step>`` links to
+it; without, it runs in ``<pipeline run dir>/<stage>/<step>``. A step whose run directory already holds a
+complete manifest is skipped, so rerunning the command after a failure resumes where it stopped; a step that
+fails stops the chain with the command to reproduce it. The chain ends with the side-by-side report.
 
 Placeholders in stage overrides: ``@<stage>`` is the train run directory of that stage (for
 ``init_from=@misaligned``), ``@<stage>/<step>`` that stage's evaluate or judge run directory (for
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from em.api import ConfigError
-from em.schedule import Step, StepFailed, check_jobs, run_steps
+from em.plan_status import link_steps, plan_rows, print_plan, summary_line, write_plan
+from em.schedule import Step, StepFailed, check_graph, check_jobs, run_steps
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +49,13 @@ class PipelinePlan:
     common: dict[str, list[str]] = field(default_factory=dict)  # overrides for every stage's step
     logger: str | None = None  # conf/logger choice for every step (None: each step's own default)
     group: str | None = None  # W&B group of every step's run (None: the experiment name)
+    # Where steps live. None: <out_dir>/<stage>/<step>, private to this plan. A folder: each step in
+    # <store>/<step>/<name>-<identity>, shared by every plan that needs the same step (em.identity), with
+    # <out_dir>/<stage>/<step> a link to it.
+    store: Path | None = None
+    identities: dict[str, dict] = field(default_factory=dict)  # "<stage>/<step>" -> identity (resolve_plan)
+    digests: dict[str, str] = field(default_factory=dict)
+    dirs: dict[str, Path] = field(default_factory=dict)  # "<stage>/<step>" -> run directory in the store
 
 
 def _as_list(value) -> list[str]:
@@ -88,14 +98,21 @@ def plan_from_dict(name: str, out_dir: Path, pipeline: dict) -> PipelinePlan:
 
 
 def step_dir(plan: PipelinePlan, stage: Stage, step: str) -> Path:
-    return plan.out_dir / stage.name / step
+    if plan.store is None:
+        return plan.out_dir / stage.name / step
+    key = f"{stage.name}/{step}"
+    if key not in plan.dirs:  # resolve_plan goes in the order of needs: this is a bug, not bad input
+        raise RuntimeError(f"experiment {plan.name!r}: the run directory of {key} is used before it is known")
+    return plan.dirs[key]
 
 
-def _reference(plan: PipelinePlan, stage: Stage, arg: str) -> tuple[str, Path]:
+def _reference(
+    plan: PipelinePlan, stage: Stage, arg: str, *, key_only: bool = False
+) -> tuple[str, Path | None]:
     """The step key and run directory an ``@`` placeholder names (see the module docstring)."""
     ref = arg.split("=@", 1)[1]
     if ref in STEPS:
-        return f"{stage.name}/{ref}", step_dir(plan, stage, ref)
+        return f"{stage.name}/{ref}", None if key_only else step_dir(plan, stage, ref)
     name, _, step = ref.partition("/")
     target = next((s for s in plan.stages if s.name == name), None)
     if target is None or (step and step not in STEPS) or (step == "train" and target.train is None):
@@ -104,7 +121,7 @@ def _reference(plan: PipelinePlan, stage: Stage, arg: str) -> tuple[str, Path]:
             f"(stages: {sorted(s.name for s in plan.stages)}; steps: {list(STEPS)})"
         )
     step = step or "train"
-    return f"{name}/{step}", step_dir(plan, target, step)
+    return f"{name}/{step}", None if key_only else step_dir(plan, target, step)
 
 
 def _substitute(args: list[str], plan: PipelinePlan, stage: Stage) -> list[str]:
@@ -113,6 +130,14 @@ def _substitute(args: list[str], plan: PipelinePlan, stage: Stage) -> list[str]:
 
 def step_command(plan: PipelinePlan, stage: Stage, step: str) -> list[str] | None:
     """The exact command line of one step (None when the stage has no such step)."""
+    args = _overrides(plan, stage, step)
+    if args is None:
+        return None
+    return [sys.executable, str(REPO / f"{step}.py"), *args, f"hydra.run.dir={step_dir(plan, stage, step)}"]
+
+
+def _overrides(plan: PipelinePlan, stage: Stage, step: str) -> list[str] | None:
+    """A step's overrides but its run directory (which, with a store, its identity decides)."""
     if step == "train" and stage.train is None:
         return None
     own = {"train": stage.train or [], "evaluate": stage.evaluate, "judge": stage.judge}[step]
@@ -123,7 +148,6 @@ def step_command(plan: PipelinePlan, stage: Stage, step: str) -> list[str] | Non
         args.append(f"answers={step_dir(plan, stage, 'evaluate')}")
     args = _substitute(args, plan, stage)
     args += [
-        f"hydra.run.dir={step_dir(plan, stage, step)}",
         f"run_name={plan.name}-{stage.name}-{step}",
         f"experiment_name={plan.name}",
         f"++stage_label={stage.label}",  # W&B tags and groups every step's run by it; reports show it
@@ -132,7 +156,7 @@ def step_command(plan: PipelinePlan, stage: Stage, step: str) -> list[str] | Non
         args.append(f"logger={plan.logger}")
     if plan.group:
         args.append(f"++logger.group={plan.group}")
-    return [sys.executable, str(REPO / f"{step}.py"), *args]
+    return args
 
 
 def _needs(plan: PipelinePlan, stage: Stage, step: str) -> tuple[str, ...]:
@@ -145,7 +169,7 @@ def _needs(plan: PipelinePlan, stage: Stage, step: str) -> tuple[str, ...]:
         needs.append(f"{stage.name}/evaluate")
     for arg in [*plan.common.get(step, []), *own]:
         if "=@" in arg:
-            key = _reference(plan, stage, arg)[0]
+            key = _reference(plan, stage, arg, key_only=True)[0]
             if key != f"{stage.name}/{step}" and key not in needs:
                 needs.append(key)
     return tuple(needs)
@@ -163,10 +187,23 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
     return steps
 
 
-def check_steps(plan: PipelinePlan, steps: list[Step]) -> None:
-    """Compose every step's config as its command would (Hydra's compose API) before anything runs: a wrong
-    config name, key or override in any stage fails here, naming the stage and the step, not after the stages
-    before it spent GPU time or judge money."""
+def _needs_order(plan: PipelinePlan) -> list[tuple[Stage, str]]:
+    """Every step, each after the steps it reads (a step's run directory names theirs); refuses a cycle."""
+    steps = {f"{st.name}/{step}": (st, step) for st in plan.stages for step in STEPS
+             if step != "train" or st.train is not None}  # fmt: skip
+    needs = {key: _needs(plan, *where) for key, where in steps.items()}
+    check_graph([Step(key, [], Path(), needs[key]) for key in steps])
+    order: list[str] = []
+    while len(order) < len(steps):  # plan order among the steps whose needs are placed (acyclic: checked)
+        order.append(next(k for k in steps if k not in order and set(needs[k]) <= set(order)))
+    return [steps[k] for k in order]
+
+
+def resolve_plan(plan: PipelinePlan) -> list[Step]:
+    """Compose every step's config as its command would (Hydra's compose API) before anything runs, each after
+    the steps it reads, and take its identity (em.identity), which with a store decides its run directory.
+    A wrong config name, key, type or override in any stage fails here, naming the stage and the step, not
+    after the stages before it spent GPU time or judge money."""
     from contextlib import nullcontext
 
     from hydra import compose, initialize_config_dir
@@ -174,19 +211,29 @@ def check_steps(plan: PipelinePlan, steps: list[Step]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    inside = (
-        GlobalHydra.instance().is_initialized()
-    )  # within `python -m em.pipeline` (conf/ is its config dir)
+    from em.config import SCHEMAS, check_schema
+    from em.identity import digest, resolved, step_identity, store_dir
+
+    inside = GlobalHydra.instance().is_initialized()  # in `python -m em.pipeline`: conf/ is its config dir
     with nullcontext() if inside else initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        for s in steps:
-            stage, step = s.key.split("/")
+        for stage, step in _needs_order(plan):  # a step's command names the run directories of what it reads
+            args, key = _overrides(plan, stage, step), f"{stage.name}/{step}"
             try:
-                compose(config_name=step, overrides=[a for a in s.cmd[2:] if not a.startswith("hydra.")])
-            except (HydraException, OmegaConfBaseException) as e:
+                composed = compose(config_name=step, overrides=args)
+                if step in SCHEMAS:
+                    check_schema(composed, SCHEMAS[step])
+                config = resolved(composed)
+            except (HydraException, OmegaConfBaseException, ConfigError) as e:
+                pretty = "python " + " ".join([f"{step}.py", *args])
                 raise ConfigError(
-                    f"experiment {plan.name!r}, stage {stage!r}, step {step!r}: its config does not compose, "
-                    f"so nothing was run: {e}\n  the step's command: {s.pretty}"
+                    f"experiment {plan.name!r}, stage {stage.name!r}, step {step!r}: its config does not "
+                    f"compose, so nothing was run: {e}\n  the step's command: {pretty}"
                 ) from None
+            plan.identities[key] = step_identity(step, config)
+            plan.digests[key] = digest(plan.identities[key])
+            if plan.store is not None:
+                plan.dirs[key] = store_dir(plan.store, step, stage.name, plan.digests[key])
+    return plan_steps(plan)
 
 
 def run_plan(
@@ -200,14 +247,16 @@ def run_plan(
     """Run (or, with ``dry_run``, print) every step, ``jobs`` at a time as their needs allow (em.schedule);
     return the judge run directories in stage order."""
     check_jobs(jobs)
-    steps = plan_steps(plan)
-    check_steps(plan, steps)
+    steps = resolve_plan(plan)
+    rows = plan_rows(plan, steps)
+    path = write_plan(plan, rows)
     if dry_run:
-        for s in steps:
-            print(
-                f"[{s.key}] {s.pretty}" + (f"   # after {', '.join(s.needs)}" if s.needs and jobs > 1 else "")
-            )
+        print_plan(rows, jobs)
+        print(f"plan: {path}")
     else:
+        log.info("%s (plan: %s)", summary_line(rows), path)
+        if plan.store is not None:
+            link_steps(plan, steps)
         try:
             run_steps(
                 steps,

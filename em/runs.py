@@ -36,13 +36,53 @@ VOLATILE_KEYS = {
     "paths",
     "hydra",
     "logger",
-    "api",
     "debug",
     "sweep_name",
     "force",
     "retry_failed",
     "stage_label",  # a report's name for the stage (the pipeline passes it to every step)
+    "run_name",  # names say where a run lives, not what it computes (a shared pipeline step has several)
+    "experiment_name",
 }
+# The endpoint (``api.base_url``) is part of a run; how it is called is not, nor the name of the key's variable.
+_API = ("api_key_env", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "max_in_flight", "rpm_limit",
+        "tpm_limit")  # fmt: skip
+# Per entry script, keys that only say how to run (concurrency, batch size, polling, progress), given as
+# ``{section: keys}`` ("" for the top level): they may change between a run and its resumption, and a
+# pipeline step's identity (em.identity) leaves them out.
+OPERATIONAL: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {
+        "api": _API,
+        "trainer": ("checkpoint_every_n_steps", "keep_checkpoints", "log_every_n_steps", "num_workers",
+                    "progress_bar"),
+        # probing reads the model in eval mode and draws from its own seeded generator: the adapter is unchanged
+        "probe": ("enabled", "sets", "points", "batch_size"),
+        # backend=openai: how to wait for the fine-tuning job
+        "backend": ("poll_interval_s", "poll_backoff", "poll_max_interval_s", "max_wait_h", "file_ready_timeout_s",
+                    "retry_failed"),
+    },
+    "evaluate": {
+        "": ("progress",),
+        "api": _API,
+        "generation": ("batch_size", "device", "max_num_seqs", "enforce_eager", "gpu_memory_utilization",
+                       "progress"),
+    },
+    "judge": {"": ("cache", "batch", "report", "stage_label"), "api": _API, "judge": ("max_unscored_share",)},
+    "datagen": {"": ("retry_failed",), "api": _API, "domain": ("api", "concurrency", "rpm_limit", "tpm_limit")},
+}  # fmt: skip
+
+
+def run_identity(config: dict, operational: dict[str, tuple[str, ...]]) -> dict:
+    """The part of a public config that defines a run directory (resuming with another one is refused):
+    ``config`` without its operational keys, given as ``{section: keys}`` ("" for the top level). Those only
+    say how to run (concurrency, batch size, polling), so they may change between a run and its resumption."""
+    identity = dict(config)
+    for section, keys in operational.items():
+        if not section:
+            identity = {k: v for k, v in identity.items() if k not in keys}
+        elif isinstance(identity.get(section), dict):
+            identity[section] = {k: v for k, v in identity[section].items() if k not in keys}
+    return identity
 
 
 def hydra_run_dir() -> Path:
@@ -90,6 +130,22 @@ def is_complete(run_dir: str | Path) -> bool:
 def _launcher_rank_zero() -> bool:
     """False in the extra ranks of a distributed launch (they share rank 0's run directory and lock)."""
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def lock_holder(run_dir: str | Path) -> dict | None:
+    """Who holds ``run_dir``'s lock now (its holder file), or None when no other process does."""
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _HELD or not (run_dir / LOCK).exists():
+        return None
+    probe = FileLock(str(run_dir / LOCK), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return read_json(run_dir / LOCK_HOLDER) if (run_dir / LOCK_HOLDER).exists() else {}
+    probe.release()
+    return None
 
 
 def lock_run_dir(run_dir: str | Path) -> None:

@@ -5,6 +5,8 @@ any ``jobs`` every step sees the same inputs as in the sequential order. ``jobs=
 child's output on the terminal. With ``jobs>1`` each child writes to ``<log_dir>/<stage>-<step>.log`` and
 this process prints what runs, with each child's own progress bar (count, elapsed and ETA) read from its log.
 A failed step starts nothing new; the steps already running finish (their work is kept), then it raises.
+A step whose run directory another process holds (a sweep cell running the step this plan shares) is waited
+for, not started twice: once the lock is free it is skipped if complete, else run (resumed) here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from em.api import ConfigError
-from em.runs import is_complete
+from em.runs import is_complete, lock_holder
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -148,6 +150,7 @@ def run_steps(
     running: list[_Running] = []
     failed: list[tuple[Step, int, Path | None]] = []
     last_status = time.monotonic()
+    waiting: set[str] = set()  # steps whose run another process holds
     try:
         while pending or running:
             for r in [r for r in running if r.proc.poll() is not None]:
@@ -162,7 +165,7 @@ def run_steps(
                     failed.append((r.step, r.proc.returncode, r.log_path))
                     log.error("[%s] failed (exit %s) after %.0f s", r.step.key, r.proc.returncode, took)
             while not failed and pending and len(running) < jobs:
-                ready = next((s for s in pending if set(s.needs) <= done), None)
+                ready = next((s for s in pending if set(s.needs) <= done and not _held(s, waiting)), None)
                 if ready is None:
                     break
                 pending.remove(ready)
@@ -173,7 +176,7 @@ def run_steps(
                 running.append(_start(ready, base_env, log_dir if jobs > 1 else None, cwd))
             if failed and not running:
                 break
-            if not running:
+            if not running and not waiting:
                 continue
             if jobs > 1 and time.monotonic() - last_status >= status_every_s:
                 last_status = time.monotonic()
@@ -185,6 +188,19 @@ def run_steps(
             r.proc.wait()
     if failed:
         raise StepFailed(*failed[0])
+
+
+def _held(step: Step, waiting: set[str]) -> bool:
+    """True while another process holds the step's run directory (said once, when the wait starts)."""
+    holder = lock_holder(step.target) if step.target.exists() else None
+    if holder is None:
+        waiting.discard(step.key)
+        return False
+    if step.key not in waiting:
+        who = ", ".join(f"{k} {holder[k]}" for k in ("pid", "host", "since") if k in holder)
+        log.info("[%s] another process is running it (%s); waiting for it to finish", step.key, who)
+        waiting.add(step.key)
+    return True
 
 
 def _start(step: Step, env: dict, log_dir: Path | None, cwd: Path | None) -> _Running:

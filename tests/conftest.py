@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import em  # noqa: F401 (registers the config schema, em/config.py, before any test composes a config)
+
 FAKE_OPENAI_KEY = "sk-test-FAKEKEY-0123456789abcdef"
 FAKE_WANDB_KEY = "wandb-test-FAKEKEY-0123456789abcdef0123456789"
 REPO_ROOT = Path(__file__).resolve().parent.parent

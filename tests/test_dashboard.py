@@ -203,3 +203,20 @@ def test_runs_of_two_experiments_are_refused(pipeline_dir, tmp_path):
     atomic_write_json(other / "run_config.json", {**config, "experiment_name": "another"})
     with pytest.raises(ConfigError, match="2 experiments"):
         dashboard.write_dashboard([pipeline_dir, other], tmp_path / "out")
+
+
+def test_a_pipeline_cell_that_shares_steps_shows_exactly_its_runs(pipeline_dir, tmp_path):
+    """A sweep cell's shared steps were logged in the group of the cell that ran them: filter on run ids."""
+    other = tmp_path / "other"
+    shutil.copytree(pipeline_dir / "base" / "judge", other)
+    config = read_json(other / "run_config.json")
+    atomic_write_json(
+        other / "run_config.json", {**config, "logger": {**config["logger"], "group": "cell-b"}}
+    )
+    result = dashboard.write_dashboard([pipeline_dir, other], tmp_path / "out", experiment="cell-a",
+                                       run_ids=["id1", "id2"])  # fmt: skip
+    spec = dashboard.dashboard_spec(result["workspace"])
+    assert spec["spec"]["section"]["runSets"][0]["filters"]["filters"] == [
+        {"key": {"section": "run", "name": "name"}, "op": "IN", "value": ["id1", "id2"], "disabled": False}
+    ]
+    assert spec["displayName"] == "EM: cell-a"

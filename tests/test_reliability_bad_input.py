@@ -135,6 +135,7 @@ def cli(ctx: Ctx, script: str, *overrides: str):
     )  # fmt: skip
     if done.returncode == 0 and "Error" not in done.stderr:
         raise AssertionError(f"{script} {overrides} succeeded:\n{done.stdout[-2000:]}")
+    assert "Traceback" not in done.stderr, f"{script} {overrides} printed a traceback:\n{done.stderr[-3000:]}"
     raise UserVisible(done.stderr.strip())
 
 
@@ -231,8 +232,15 @@ CASES = [
     # ------------------------------------------------------------------------------------------ config
     Case("config-unknown-key", "any command", "a misspelt config key (Hydra's own message)",
          lambda c: cli(c, "train.py", "lora.rank=8"),
-         "Could not override 'lora.rank'.\nTo append to your config use +lora.rank=8\nKey 'rank' is not in struct",
+         "Could not override 'lora.rank'.\nTo append to your config use +lora.rank=8\nKey 'rank' not in 'LoraSchema'",
          "none"),
+    Case("config-wrong-type", "train", "a value of the wrong type (the schema, em/config.py)",
+         lambda c: cli(c, "train.py", "model=tiny", "max_steps=abc"),
+         "Error merging override max_steps=abc\nValue 'abc' of type 'str' could not be converted to Integer\n"
+         "    full_key: max_steps", "none"),
+    Case("config-added-unknown-key", "train", "a misspelt key added with + (Hydra adds it past the schema)",
+         lambda c: train(c, "+trainer.max_step=5"),
+         "unknown config key trainer.max_step: trainer takes accelerator, checkpoint_every_n_steps", "train"),
     Case("config-unknown-option", "any command", "a config group option that does not exist",
          lambda c: cli(c, "train.py", "model=llama99"),
          "Could not find 'model/llama99'", "none"),

@@ -137,3 +137,32 @@ def test_the_longest_chain_goes_first(tmp_path):
         "re/train": 4.0,
         "re/evaluate": 1.0,
     }
+
+
+# Another process (a sweep cell running a step this plan shares): holds the run's lock, then finishes it or not.
+HOLDER = (
+    "import json, sys, time; from pathlib import Path; from em.runs import lock_run_dir; d = Path(sys.argv[1]); "
+    "d.mkdir(parents=True, exist_ok=True); lock_run_dir(d); print('locked', flush=True); "
+    "time.sleep(float(sys.argv[2])); (d / 'manifest.json').write_text(json.dumps({'complete': sys.argv[3] == '1'}))"
+)
+
+
+@pytest.mark.parametrize("finishes", [True, False])
+def test_a_step_another_process_holds_is_waited_for_not_run_twice(tmp_path, caplog, finishes):
+    import subprocess
+
+    target = tmp_path / "a" / "train"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(target), "1.5", "1" if finishes else "0"],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    # run here, the step writes a manifest with its start time; the holder's has none
+    steps = [step(tmp_path, "a/train"), step(tmp_path, "a/evaluate", needs=["a/train"])]
+    with caplog.at_level("INFO", logger="em.schedule"):
+        run_steps(steps, jobs=1)
+    holder.wait(timeout=30)
+    assert "another process is running it" in caplog.text
+    if finishes:  # complete when the lock came free: skipped, never started here
+        assert "start" not in manifest(tmp_path, "a/train") and "[a/train] complete, skipped" in caplog.text
+    else:  # the other process stopped unfinished: this plan runs (resumes) the step itself
+        assert manifest(tmp_path, "a/train")["start"] >= 0
+    assert manifest(tmp_path, "a/evaluate")["start"] > 0

@@ -8,8 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from em.api import ConfigError
+from em.runs import run_identity
 from em.tasks import datagen, evaluate, judge, train, train_openai
-from em.tasks.common import limit_rows, run_identity, training_rows
+from em.tasks.common import limit_rows, training_rows
 
 
 def test_run_identity_drops_only_the_named_operational_keys():
@@ -46,3 +47,19 @@ def test_limit_rows_values():
     assert limit_rows(OmegaConf.create({"limit_rows": None})) is None
     assert limit_rows(OmegaConf.create({})) is None
     assert limit_rows(OmegaConf.create({"limit_rows": 5})) == 5
+
+
+def test_the_endpoint_is_part_of_every_runs_identity_how_it_is_called_is_not():
+    """Resuming a judge (or any) run against another api.base_url would mix two endpoints' rows."""
+    from em.runs import OPERATIONAL, config_diff
+
+    old = {"api": {"base_url": "http://a/v1", "timeout_s": 60, "max_in_flight": 16, "api_key_env": "K"}}
+    for stage in ("train", "evaluate", "judge", "datagen"):
+        slower = {"api": {**old["api"], "timeout_s": 5, "max_in_flight": 1, "api_key_env": "OTHER"}}
+        assert not config_diff(
+            run_identity(old, OPERATIONAL[stage]), run_identity(slower, OPERATIONAL[stage])
+        )
+        moved = {"api": {**old["api"], "base_url": "http://b/v1"}}
+        assert config_diff(
+            run_identity(old, OPERATIONAL[stage]), run_identity(moved, OPERATIONAL[stage])
+        ) == ["api.base_url: 'http://a/v1' -> 'http://b/v1'"]

@@ -28,11 +28,15 @@ def evaluated_line(run: JudgeRun) -> str:
     )
 
 
-def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = True) -> str:
+def build_report(
+    paths: list[str | Path], out_dir: str | Path, *, plots: bool = True, labels: dict[Path, str] | None = None
+) -> str:
     """Aggregate judge runs (in the order given) into ``out_dir``: report.csv (a line per run and
     condition), pooled.csv (seeds pooled: a line per cell and condition), per_question.csv, report.md and
-    plots/*.png. Returns the markdown table (and the pooled one when seeds were pooled)."""
-    runs = assign_labels([load_run(p) for p in find_judge_runs(list(paths))])
+    plots/*.png. Returns the markdown table (and the pooled one when seeds were pooled). ``labels``: a stage
+    label per judge run directory, over the one its manifest recorded (a pipeline's shared step was recorded
+    by the first experiment that ran it)."""
+    runs = assign_labels([load_run(p, (labels or {}).get(Path(p))) for p in find_judge_runs(list(paths))])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, questions, pooled = summary_table(runs), question_table(runs), pooled_table(runs)

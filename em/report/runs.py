@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,11 @@ def _natural(path: Path) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]
 
 
+def _manifests(folder: Path) -> list[Path]:
+    """Every manifest under ``folder``, through the links a pipeline cell has to its shared step runs."""
+    return [Path(d) / MANIFEST for d, _, files in os.walk(folder, followlinks=True) if MANIFEST in files]
+
+
 def find_judge_runs(paths: list[str | Path]) -> list[Path]:
     """Judge run directories in ``paths`` (each a run dir, or a folder searched recursively), in order."""
     found: list[Path] = []
@@ -94,7 +100,7 @@ def find_judge_runs(paths: list[str | Path]) -> list[Path]:
             found.append(p)
             continue
         inner = []
-        for manifest in p.rglob(MANIFEST):
+        for manifest in _manifests(p):
             try:
                 stage = read_json(manifest).get("stage")
             except ValueError:
@@ -105,7 +111,11 @@ def find_judge_runs(paths: list[str | Path]) -> list[Path]:
                 else:
                     log.warning("%s: judge run without summary.json (unfinished?), skipped", manifest.parent)
         found.extend(sorted(inner, key=_natural))
-    unique = list(dict.fromkeys(found))
+    # a pipeline cell links to shared runs: one run reached through two cells (their common base) counts once
+    first: dict[Path, Path] = {}
+    for p in found:
+        first.setdefault(p.resolve(), p)
+    unique = list(first.values())
     if not unique:
         raise ConfigError(
             f"no finished judge runs (summary.json + scores.jsonl) under {[str(p) for p in paths]}"
@@ -192,7 +202,8 @@ def _metrics_of(summary: dict, rows: list[dict], settings: MetricSettings) -> di
     return compute_metrics(answers_frame(rows, settings), settings)
 
 
-def load_run(path: Path) -> JudgeRun:
+def load_run(path: Path, stage: str | None = None) -> JudgeRun:
+    """A judge run as the report reads it; ``stage`` over the label its manifest recorded."""
     path = Path(path)
     manifest = read_json(path / MANIFEST) if (path / MANIFEST).exists() else {}
     summary = read_json(path / "summary.json")
@@ -209,7 +220,7 @@ def load_run(path: Path) -> JudgeRun:
     run = JudgeRun(
         path,
         name,
-        stage_label(manifest, name),
+        stage or stage_label(manifest, name),
         str(manifest.get("evaluated_model") or summary.get("evaluated_model") or "?"),
         judge,
         summary,

@@ -107,19 +107,6 @@ def public_config(cfg: DictConfig) -> dict:
     return data
 
 
-def run_identity(config: dict, operational: dict[str, tuple[str, ...]]) -> dict:
-    """The part of a public config that defines a run directory (resuming with another one is refused):
-    ``config`` without its operational keys, given as ``{section: keys}`` ("" for the top level). Those only
-    say how to run (concurrency, batch size, polling), so they may change between a run and its resumption."""
-    identity = dict(config)
-    for section, keys in operational.items():
-        if not section:
-            identity = {k: v for k, v in identity.items() if k not in keys}
-        elif isinstance(identity.get(section), dict):
-            identity[section] = {k: v for k, v in identity[section].items() if k not in keys}
-    return identity
-
-
 def limit_rows(cfg: DictConfig) -> int | None:
     """``limit_rows``: null (every row) or a positive number of rows, checked before any work."""
     limit = cfg.get("limit_rows")

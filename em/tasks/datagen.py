@@ -12,15 +12,14 @@ from em.datagen.dataset import check_ready, domain_api_settings, estimate, forma
 from em.datagen.domain import domain_from_dict
 from em.datagen.inputs import load_inputs
 from em.io import read_manifest
-from em.runs import hydra_run_dir, open_run_dir, releases_run_locks, to_plain
-from em.tasks.common import api_settings, price_table, public_config, run_identity, tracking_settings
+from em.runs import OPERATIONAL, hydra_run_dir, open_run_dir, releases_run_locks, run_identity, to_plain
+from em.tasks.common import api_settings, price_table, public_config, tracking_settings
 from em.tracking import start_tracking
 
 log = logging.getLogger(__name__)
 
 
-# Operational settings that may change between a run and its resumption (e.g. lower concurrency after 429s).
-OPERATIONAL_KEYS = {"": ("retry_failed",), "domain": ("api", "concurrency", "rpm_limit", "tpm_limit")}
+OPERATIONAL_KEYS = OPERATIONAL["datagen"]  # em.runs: what may change on resume
 
 
 @releases_run_locks

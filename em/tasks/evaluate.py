@@ -28,30 +28,18 @@ from em.evaluation.plan import PromptJob, Sampling, build_jobs
 from em.evaluation.question_sets import QuestionSet, SetSpec, resolve_sets
 from em.evaluation.runner import run_jobs, write_questions
 from em.io import iter_jsonl, sha256_file, write_manifest
-from em.runs import open_run_dir, releases_run_locks, to_plain
+from em.runs import OPERATIONAL, open_run_dir, releases_run_locks, run_identity, to_plain
 from em.tasks.common import (
     api_settings,
     price_table,
     public_config,
     run_dir_for,
-    run_identity,
     tracking_settings,
 )
 
 log = logging.getLogger(__name__)
 
-# generation keys that only say how fast to run: they may change between a run and its resumption.
-OPERATIONAL_KEYS = {
-    "": ("progress",),
-    "generation": (
-        "batch_size",
-        "device",
-        "max_num_seqs",
-        "enforce_eager",
-        "gpu_memory_utilization",
-        "progress",
-    ),
-}
+OPERATIONAL_KEYS = OPERATIONAL["evaluate"]  # em.runs: what may change on resume
 
 
 def set_specs(cfg: DictConfig) -> list[SetSpec]:

@@ -26,16 +26,23 @@ from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, proxy
 from em.judging.unscored import MAX_UNSCORED_SHARE, check_unscored_share
 from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics
 from em.metrics import metric_settings as checked_metric_settings
-from em.runs import hydra_choices, hydra_run_dir, open_run_dir, releases_run_locks, to_plain
-from em.tasks.common import api_settings, price_table, public_config, run_identity
+from em.runs import (
+    OPERATIONAL,
+    hydra_choices,
+    hydra_run_dir,
+    open_run_dir,
+    releases_run_locks,
+    run_identity,
+    to_plain,
+)
+from em.tasks.common import api_settings, price_table, public_config
 from em.tasks.judge_tracking import track_judge_run
 
 log = logging.getLogger(__name__)
 INPUTS = "judge_inputs.json"
 
 
-# Keys that may change between a run and its resumption (how to get the replies, not which replies).
-OPERATIONAL_KEYS = {"": ("cache", "batch", "report", "stage_label"), "judge": ("max_unscored_share",)}
+OPERATIONAL_KEYS = OPERATIONAL["judge"]  # em.runs: what may change on resume
 
 
 def judge_spec(cfg: DictConfig) -> JudgeSpec:

@@ -9,33 +9,24 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from em.api import ConfigError, check_keys
+from em.api import ConfigError
+from em.config import LoraSchema, TrainSchema, check_schema
 from em.io import read_json, write_manifest
-from em.runs import RUN_CONFIG, open_run_dir, releases_run_locks, to_plain
-from em.tasks.common import public_config, run_dir_for, run_identity, tracking_settings, training_rows
+from em.runs import OPERATIONAL, RUN_CONFIG, open_run_dir, releases_run_locks, run_identity, to_plain
+from em.tasks.common import public_config, run_dir_for, tracking_settings, training_rows
 
 if TYPE_CHECKING:
     from em.training.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
 
-# trainer keys that only say how to run: they may change between a run and its resumption.
-OPERATIONAL_KEYS = {
-    "trainer": (
-        "checkpoint_every_n_steps",
-        "keep_checkpoints",
-        "log_every_n_steps",
-        "num_workers",
-        "progress_bar",
-    ),
-    # probing reads the model in eval mode and draws from its own seeded generator: the adapter is unchanged
-    "probe": ("enabled", "sets", "points", "batch_size"),
-}
+OPERATIONAL_KEYS = OPERATIONAL["train"]  # em.runs: what may change on resume
 
 
 def input_artifact(run_dir: Path | None) -> str | None:
@@ -73,29 +64,7 @@ def sft_settings(cfg: DictConfig):
 
     spec = model_spec(cfg)
     lo, tr = cfg.lora, cfg.trainer
-    required = (
-        "r",
-        "alpha",
-        "dropout",
-        "use_rslora",
-        "target_modules",
-        "bias",
-        "quantization",
-        "learning_rate",
-        "per_device_batch_size",
-        "grad_accum",
-        "epochs",
-        "optimizer",
-        "adam_betas",
-        "adam_eps",
-        "lr_schedule",
-        "warmup_steps",
-        "weight_decay",
-        "max_grad_norm",
-        "max_length",
-        "overlength",
-    )
-    missing = [k for k in required if k not in lo]
+    missing = [f.name for f in fields(LoraSchema) if OmegaConf.is_missing(lo, f.name)]
     if missing:
         raise ConfigError(
             f"lora preset {cfg.lora}: missing keys {missing}; every value must be explicit "
@@ -161,8 +130,7 @@ def sft_settings(cfg: DictConfig):
 def probe_settings(node) -> ProbeSettings:
     from em.training.settings import ProbeSettings
 
-    node = to_plain(node) or {}
-    check_keys(node, {"enabled", "sets", "points", "batch_size"}, "probe")
+    node = to_plain(node) or {}  # its keys and types: em.config.ProbeSchema
     return ProbeSettings(
         enabled=bool(node.get("enabled", False)),
         sets=tuple(node.get("sets") or ()),
@@ -187,6 +155,7 @@ def dry_run(settings, rows: list[dict], source: str) -> None:
 
 @releases_run_locks
 def run(cfg: DictConfig) -> Path | None:
+    check_schema(cfg, TrainSchema)  # a key Hydra's `+` added past the schema (em/config.py)
     backend = cfg.backend.get("name")
     if backend == "openai":
         from em.tasks.train_openai import run as run_openai

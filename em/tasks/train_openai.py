@@ -16,14 +16,13 @@ from omegaconf import DictConfig
 from em.api import ConfigError
 from em.costs import estimate_cost
 from em.io import atomic_write_json, now_iso, read_manifest, sha256_file, write_jsonl, write_manifest
-from em.runs import open_run_dir, releases_run_locks, to_plain
+from em.runs import OPERATIONAL, open_run_dir, releases_run_locks, run_identity, to_plain
 from em.tasks.common import (
     api_settings,
     limit_rows,
     price_table,
     public_config,
     run_dir_for,
-    run_identity,
     tracking_settings,
     training_rows,
 )
@@ -43,17 +42,7 @@ log = logging.getLogger(__name__)
 
 UPLOAD_FILE = "openai_train.jsonl"
 PREFLIGHT = "preflight.json"
-# backend keys that only say how to wait: changing them between a run and its resumption is allowed.
-OPERATIONAL_KEYS = {
-    "backend": (
-        "poll_interval_s",
-        "poll_backoff",
-        "poll_max_interval_s",
-        "max_wait_h",
-        "file_ready_timeout_s",
-        "retry_failed",
-    )
-}
+OPERATIONAL_KEYS = OPERATIONAL["train"]  # em.runs: what may change on resume
 
 
 def load_parent(init_from: str | None, model_id: str) -> dict | None:

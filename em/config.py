@@ -1,0 +1,128 @@
+"""The config tree's schema: dataclasses registered with Hydra's ConfigStore, which the YAML presets extend.
+
+The invariant: a key these types do not have, or a value of the wrong type, is a compose-time error naming the
+key (``max_steps=abc``, ``+trainer.max_step=5``), before any data, model or API is touched. Values come from
+the YAML presets (``MISSING`` here: a preset that leaves one out fails naming it, never takes a silent default).
+Domain checks no type can express (ranges, choices that depend on each other) stay in the settings classes.
+Registered on import of ``em`` (em/__init__.py), so every entry, the pipeline's compose and the tests see them.
+Config groups whose presets differ in shape (model, data, judge, ...) are ``Any`` here: their own classes check
+them when a task converts them.
+"""
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TrainerSchema:
+    """``conf/trainer/*``: where and how Lightning runs (em.training.sft.SFTSettings takes these)."""
+
+    accelerator: str = MISSING  # auto | gpu | cpu
+    devices: Any = MISSING  # a number, -1 (every visible GPU) or a list of indices
+    num_nodes: int = MISSING
+    strategy: str = MISSING
+    precision: str = (
+        MISSING  # auto = bf16-mixed on a bf16-capable GPU, else 32-true; or any Lightning precision
+    )
+    packing: bool = MISSING
+    gradient_checkpointing: bool = MISSING
+    checkpoint_every_n_steps: int = MISSING
+    keep_checkpoints: int = MISSING
+    log_every_n_steps: int = MISSING
+    num_workers: int = MISSING
+    progress_bar: bool = MISSING
+
+
+@dataclass
+class LoraSchema:
+    """``conf/lora/*``: the adapter, its quantised base, the optimizer, the batch and the data length."""
+
+    r: int = MISSING
+    alpha: float = MISSING
+    dropout: float = MISSING
+    use_rslora: bool = MISSING
+    target_modules: list[str] = MISSING
+    bias: str = MISSING
+    quantization: str = MISSING
+    learning_rate: float = MISSING
+    per_device_batch_size: int = MISSING
+    grad_accum: int = MISSING
+    epochs: int = MISSING
+    optimizer: str = MISSING
+    adam_betas: list[float] = MISSING
+    adam_eps: float = MISSING
+    lr_schedule: str = MISSING
+    warmup_steps: int = MISSING
+    weight_decay: float = MISSING
+    max_grad_norm: float | None = MISSING
+    max_length: int = MISSING
+    overlength: str = MISSING
+
+
+@dataclass
+class ProbeSchema:
+    enabled: bool = MISSING
+    sets: list[str] = MISSING
+    points: int = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class TrainSchema:
+    """``conf/train.yaml``'s own keys; the groups' nodes are typed by their own schema (or checked later)."""
+
+    stage: str = MISSING
+    seed: int = MISSING
+    run_name: str = MISSING
+    sweep_name: str = MISSING
+    experiment_name: str | None = MISSING
+    stage_label: str | None = MISSING
+    resume: bool = MISSING
+    dry_run: bool = MISSING
+    init_from: str | None = MISSING
+    init_mode: str = MISSING
+    max_steps: int | None = MISSING
+    limit_rows: int | None = MISSING
+    probe: ProbeSchema = field(default_factory=ProbeSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    lora: LoraSchema = field(default_factory=LoraSchema)
+    paths: Any = None
+    backend: Any = None
+    model: Any = None
+    data: Any = None
+    trigger: Any = None
+    mitigation: Any = None
+    logger: Any = None
+    api: Any = None
+    prices: Any = None
+    debug: Any = None
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainSchema)
+
+
+register()
+
+
+SCHEMAS = {"train": TrainSchema}  # entry -> the schema of its primary config
+
+
+def check_schema(cfg, schema: type, where: str = "") -> None:
+    """Refuse keys the schema does not have. Hydra's ``+key=value`` adds one even to a typed node, so a
+    misspelt ``+trainer.max_step=5`` would otherwise be ignored."""
+    from em.api import ConfigError
+
+    known = {f.name: f.type for f in fields(schema)}
+    for key in cfg:
+        if key == "hydra" and not where:
+            continue
+        if key not in known:
+            node = where[:-1] if where else "the config"
+            raise ConfigError(f"unknown config key {where}{key}: {node} takes {', '.join(sorted(known))}")
+        if is_dataclass(known[key]) and cfg[key] is not None:
+            check_schema(cfg[key], known[key], f"{where}{key}.")
