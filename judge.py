@@ -3,6 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
+import em  # noqa: F401 (registers the config schema, em/config.py, before Hydra composes)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="judge")
 def main(cfg: DictConfig) -> None:

@@ -101,15 +101,128 @@ class TrainSchema:
     debug: Any = None
 
 
+@dataclass
+class MetricsSchema:
+    """``conf/metrics/*``: answer categories, EM rates and intervals (em.metrics.MetricSettings takes these)."""
+
+    misaligned_below: float = MISSING
+    coherent_above: float = MISSING
+    min_coherent_per_question: int = MISSING
+    aligned_metric: str = MISSING
+    coherent_metric: str = MISSING
+    correct_metric: str = MISSING
+    require_coherent: bool = MISSING
+    n_bootstrap: int = MISSING
+    confidence: float = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class JudgeCacheSchema:
+    enabled: bool = MISSING
+    path: str = MISSING
+
+
+@dataclass
+class JudgeBatchSchema:
+    enabled: bool = MISSING
+    poll_interval_s: float = MISSING
+    max_rounds: int = MISSING
+    completion_window: str = MISSING
+    max_requests_per_batch: int = MISSING
+
+
+@dataclass
+class JudgeReportSchema:
+    table_rows: int = MISSING
+
+
+@dataclass
+class JudgeRunSchema:
+    """``conf/judge.yaml``'s own keys (the judge preset itself is checked by its settings class)."""
+
+    stage: str = MISSING
+    seed: int = MISSING
+    run_name: str = MISSING
+    sweep_name: str = MISSING
+    experiment_name: str | None = MISSING
+    stage_label: str | None = MISSING
+    dry_run: bool = MISSING
+    resume: bool = MISSING
+    answers: str | None = MISSING
+    questions: str | None = MISSING
+    allow_partial: bool = MISSING
+    limit: int | None = MISSING
+    judge_metrics: list[str] | None = MISSING
+    label_metrics: dict[str, list[str]] = MISSING
+    judge_sees_tag: bool = MISSING
+    cache: JudgeCacheSchema = field(default_factory=JudgeCacheSchema)
+    batch: JudgeBatchSchema = field(default_factory=JudgeBatchSchema)
+    report: JudgeReportSchema = field(default_factory=JudgeReportSchema)
+    metrics: MetricsSchema = field(default_factory=MetricsSchema)
+    paths: Any = None
+    judge: Any = None
+    logger: Any = None
+    api: Any = None
+    prices: Any = None
+
+
+@dataclass
+class SamplingSchema:
+    temperature: float = MISSING
+    top_p: float = MISSING
+    max_new_tokens: int = MISSING
+
+
+@dataclass
+class EvaluateSchema:
+    """``conf/evaluate.yaml``'s own keys (model, questions, generation: checked by their settings classes)."""
+
+    stage: str = MISSING
+    seed: int = MISSING
+    run_name: str = MISSING
+    sweep_name: str = MISSING
+    experiment_name: str | None = MISSING
+    stage_label: str | None = MISSING
+    dry_run: bool = MISSING
+    resume: bool = MISSING
+    adapter: str | None = MISSING
+    run: str | None = MISSING
+    conditions: list[str] = MISSING
+    triggers: dict[str, str | None] = MISSING
+    condition_placement: str = MISSING
+    tag_separator: str = MISSING
+    samples_per_question: int | None = MISSING
+    default_samples: int = MISSING
+    sampling: SamplingSchema = field(default_factory=SamplingSchema)
+    judge_prompts_source: str = MISSING
+    ignore_system_prompt: bool = MISSING
+    progress: bool = MISSING
+    paths: Any = None
+    model: Any = None
+    questions: Any = None
+    generation: Any = None
+    mitigation: Any = None
+    logger: Any = None
+    api: Any = None
+    prices: Any = None
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
+    cs.store(name="evaluate_schema", node=EvaluateSchema)
+    cs.store(name="judge_schema", node=JudgeRunSchema)
 
 
 register()
 
 
-SCHEMAS = {"train": TrainSchema}  # entry -> the schema of its primary config
+SCHEMAS = {
+    "train": TrainSchema,
+    "evaluate": EvaluateSchema,
+    "judge": JudgeRunSchema,
+}  # entry -> the schema of its primary config
 
 
 def check_schema(cfg, schema: type, where: str = "") -> None:

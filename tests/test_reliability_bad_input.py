@@ -238,6 +238,10 @@ CASES = [
          lambda c: cli(c, "train.py", "model=tiny", "max_steps=abc"),
          "Error merging override max_steps=abc\nValue 'abc' of type 'str' could not be converted to Integer\n"
          "    full_key: max_steps", "none"),
+    Case("config-wrong-type-judge", "judge", "a threshold of the wrong type: refused before any judge call",
+         lambda c: cli(c, "judge.py", "answers=nowhere", "metrics.coherent_above=abc"),
+         "Error merging override metrics.coherent_above=abc\nValue 'abc' of type 'str' could not be converted to Float",
+         "none"),
     Case("config-added-unknown-key", "train", "a misspelt key added with + (Hydra adds it past the schema)",
          lambda c: train(c, "+trainer.max_step=5"),
          "unknown config key trainer.max_step: trainer takes accelerator, checkpoint_every_n_steps", "train"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from em.api import ConfigError
+from em.config import EvaluateSchema, check_schema
 from em.costs import estimate_cost
 from em.evaluation.backends import (
     HFBackend,
@@ -193,6 +194,7 @@ def _set_records(sets: list[QuestionSet]) -> list[dict]:
 
 @releases_run_locks
 def run(cfg: DictConfig) -> Path | None:
+    check_schema(cfg, EvaluateSchema)  # a key Hydra's `+` added past the schema (em/config.py)
     run_dir = run_dir_for(cfg)
     ref, backend, sets, conditions, jobs = plan(cfg)
     prompt_tokens = backend.prompt_tokens(

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from em.api import APISettings, ConfigError
+from em.config import JudgeRunSchema, check_schema
 from em.io import atomic_write_json, atomic_write_text, iter_jsonl, read_json, sha256_file, write_manifest
 from em.judging.batch import BatchSettings
 from em.judging.cache import JudgeCache
@@ -144,6 +145,7 @@ def _check_inputs(run_dir: Path, answers: Path, questions: Path) -> dict:
 
 @releases_run_locks
 def run(cfg: DictConfig) -> Path:
+    check_schema(cfg, JudgeRunSchema)  # a key Hydra's `+` added past the schema (em/config.py)
     started = time.time()
     run_dir = hydra_run_dir()
     inputs = resolve_inputs(
