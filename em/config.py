@@ -71,8 +71,8 @@ class ProbeSchema:
 
 
 @dataclass
-class TrainSchema:
-    """``conf/train.yaml``'s own keys; the groups' nodes are typed by their own schema (or checked later)."""
+class EntrySchema:
+    """The keys every entry (train.py, evaluate.py, judge.py) has: what its run is called and how it starts."""
 
     stage: str = MISSING
     seed: int = MISSING
@@ -82,6 +82,16 @@ class TrainSchema:
     stage_label: str | None = MISSING
     resume: bool = MISSING
     dry_run: bool = MISSING
+    paths: Any = None
+    logger: Any = None
+    api: Any = None
+    prices: Any = None
+
+
+@dataclass
+class TrainSchema(EntrySchema):
+    """``conf/train.yaml``'s own keys; the groups' nodes are typed by their own schema (or checked later)."""
+
     init_from: str | None = MISSING
     init_mode: str = MISSING
     max_steps: int | None = MISSING
@@ -89,15 +99,11 @@ class TrainSchema:
     probe: ProbeSchema = field(default_factory=ProbeSchema)
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     lora: LoraSchema = field(default_factory=LoraSchema)
-    paths: Any = None
     backend: Any = None
     model: Any = None
     data: Any = None
     trigger: Any = None
     mitigation: Any = None
-    logger: Any = None
-    api: Any = None
-    prices: Any = None
     debug: Any = None
 
 
@@ -138,17 +144,9 @@ class JudgeReportSchema:
 
 
 @dataclass
-class JudgeRunSchema:
+class JudgeRunSchema(EntrySchema):
     """``conf/judge.yaml``'s own keys (the judge preset itself is checked by its settings class)."""
 
-    stage: str = MISSING
-    seed: int = MISSING
-    run_name: str = MISSING
-    sweep_name: str = MISSING
-    experiment_name: str | None = MISSING
-    stage_label: str | None = MISSING
-    dry_run: bool = MISSING
-    resume: bool = MISSING
     answers: str | None = MISSING
     questions: str | None = MISSING
     allow_partial: bool = MISSING
@@ -160,11 +158,7 @@ class JudgeRunSchema:
     batch: JudgeBatchSchema = field(default_factory=JudgeBatchSchema)
     report: JudgeReportSchema = field(default_factory=JudgeReportSchema)
     metrics: MetricsSchema = field(default_factory=MetricsSchema)
-    paths: Any = None
     judge: Any = None
-    logger: Any = None
-    api: Any = None
-    prices: Any = None
 
 
 @dataclass
@@ -175,17 +169,9 @@ class SamplingSchema:
 
 
 @dataclass
-class EvaluateSchema:
+class EvaluateSchema(EntrySchema):
     """``conf/evaluate.yaml``'s own keys (model, questions, generation: checked by their settings classes)."""
 
-    stage: str = MISSING
-    seed: int = MISSING
-    run_name: str = MISSING
-    sweep_name: str = MISSING
-    experiment_name: str | None = MISSING
-    stage_label: str | None = MISSING
-    dry_run: bool = MISSING
-    resume: bool = MISSING
     adapter: str | None = MISSING
     run: str | None = MISSING
     conditions: list[str] = MISSING
@@ -198,14 +184,10 @@ class EvaluateSchema:
     judge_prompts_source: str = MISSING
     ignore_system_prompt: bool = MISSING
     progress: bool = MISSING
-    paths: Any = None
     model: Any = None
     questions: Any = None
     generation: Any = None
     mitigation: Any = None
-    logger: Any = None
-    api: Any = None
-    prices: Any = None
 
 
 def register() -> None:
