@@ -56,12 +56,13 @@ def step_status(step: Step, shared_with: list[str], first_key: str | None) -> st
 
 def plan_rows(plan, steps: list[Step]) -> list[dict]:
     """One row per step: key, digest, run directory, command, needs, status, the other cells that list it."""
-    cells = _other_cells(plan.out_dir)
+    shares = plan.store is not None  # without a store every step has its own directory: nothing is shared
+    cells = _other_cells(plan.out_dir) if shares else {}
     rows, first = [], {}
     for s in steps:
         key = plan.digests[s.key]
         shared = [name for name, digests in cells.items() if key in digests]
-        status = step_status(s, shared, first.get(key))
+        status = step_status(s, shared, first.get(key) if shares else None)
         first.setdefault(key, s.key)
         rows.append({"key": s.key, "digest": key, "dir": str(s.target), "command": s.pretty,
                      "needs": list(s.needs), "status": status, "shared_with": shared,

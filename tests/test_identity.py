@@ -119,6 +119,11 @@ def test_statuses_the_plan_file_and_the_cells_links(tmp_path, caplog):
         "rows=8"
     ]
     assert rows["realigned/train"]["status"] == "to run" and not rows["realigned/train"]["shared_with"]
+    private, steps_p = _plan(
+        tmp_path / "cells" / "own", None, _chain(16)
+    )  # stages_dir=null: nothing is shared
+    assert {r["status"] for r in plan_rows(private, steps_p)} == {"to run"}
+    assert not any(r["shared_with"] for r in plan_rows(private, steps_p))
     written = json.loads(write_plan(second, list(rows.values())).read_text())
     assert written["stages_dir"] == str(store) and len(written["steps"]) == 8
     link_steps(second, steps2)
