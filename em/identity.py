@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from em.api import ConfigError
-from em.io import atomic_write_json, sha256_file
+from em.io import atomic_write_json, read_json, sha256_file
 from em.runs import OPERATIONAL, VOLATILE_KEYS, run_identity
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def store_dir(store: Path, step: str, name: str, key: str) -> Path:
     short = key[:SHORT]
     for existing in sorted((store / step).glob(f"*-{short}")):
         recorded = existing / IDENTITY
-        if recorded.exists() and json.loads(recorded.read_text(encoding="utf-8")).get("digest") != key:
+        if recorded.exists() and read_json(recorded).get("digest") != key:
             continue  # a 48-bit prefix collision: keep looking, and never reuse another identity's run
         return existing
     return store / step / f"{name}-{short}"

@@ -8,14 +8,13 @@ runs it, the others wait on its lock or find it complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 from em.api import ConfigError
 from em.identity import record
-from em.io import atomic_write_json
+from em.io import atomic_write_json, read_json
 from em.runs import RUN_CONFIG, is_complete, lock_holder
 from em.schedule import Step
 
@@ -30,9 +29,7 @@ def _other_cells(out_dir: Path) -> dict[str, set[str]]:
         if path.parent.resolve() == out_dir.resolve():
             continue
         try:
-            cells[path.parent.name] = {
-                s["digest"] for s in json.loads(path.read_text(encoding="utf-8"))["steps"]
-            }
+            cells[path.parent.name] = {s["digest"] for s in read_json(path)["steps"]}
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a plan being written, or from an older version: it only informs the status
     return cells
