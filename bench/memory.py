@@ -3,7 +3,7 @@
     python -m bench.memory                 # GPU: Llama-3.1-8B shapes, NF4 base, the Realignment study's adapter
     python -m bench.memory --device cpu --model tiny --max-length 128 --steps 2   # a CPU check of the script
 
-The Realignment study's recipe (``conf/lora/realignment_study.yaml``: 4-bit NF4 base with double quantisation,
+The Realignment study's recipe (``conf/recipe/realignment_study.yaml``: 4-bit NF4 base with double quantisation,
 LoRA r=256, alpha=32, dropout 0.1 on every projection, 8-bit AdamW) with gradient checkpointing, micro-batch 2
 and every example truncated to exactly ``--max-length`` tokens (the worst case), trained for a few steps by
 em's trainer and, side by side, by TRL's ``SFTTrainer`` (same model object, same rows; see

@@ -142,7 +142,7 @@ def markdown(result: dict) -> str:
         "# Narrow fine-tune vs control: log-likelihood probe",
         "",
         f"`{result['command']}`  ",
-        f"model `{a['model']}`, lora `{a['lora']}`, lr {a['lr']}, {a['steps']} steps, rows {a['rows']}, seed "
+        f"model `{a['model']}`, recipe `{a['recipe']}`, lr {a['lr']}, {a['steps']} steps, rows {a['rows']}, seed "
         f"{a['seed']}; {len(s['questions'])} probe questions ({', '.join(a['probe_sets'])}); "
         f"{result['machine']['date']}, {result['machine']['cpu']}, {a['threads']} thread(s).",
         "",
@@ -201,12 +201,12 @@ def train_command(args: argparse.Namespace, arm: str, data: str, out: Path) -> l
         "train.py",
         f"model={args.model}",
         f"data={data}",
-        f"lora={args.lora}",
+        f"recipe={args.recipe}",
         "trainer=cpu",
         "logger=csv",
         f"seed={args.seed}",
         f"max_steps={args.steps}",
-        f"lora.learning_rate={args.lr}",
+        f"optimizer.learning_rate={args.lr}",
         "probe.enabled=true",
         f"probe.points={args.probe_points}",
         f"probe.sets={sets}",
@@ -256,11 +256,14 @@ def run_arm(args: argparse.Namespace, arm: str, data: str, out: Path) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2_135m", help="model config (conf/model/)")
-    p.add_argument("--lora", default="tiny", help="LoRA recipe (conf/lora/)")
+    p.add_argument("--recipe", default="tiny", help="training recipe (conf/recipe/)")
     p.add_argument("--steps", type=int, default=50, help="optimizer steps per run (max_steps)")
     p.add_argument("--rows", type=int, default=None, help="train on the first N prepared rows (default: all)")
     p.add_argument(
-        "--lr", type=float, default=1e-3, help="learning rate (lora.learning_rate; the tiny preset's own)"
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="learning rate (optimizer.learning_rate; the tiny preset's own)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--misaligned-data", default="careless_advice")

@@ -91,19 +91,19 @@ def defaults(device: str, model: str) -> dict:
 
 def sft_settings(w: Workload, packing: bool):
     from em.modeling import ModelSpec
-    from em.training.settings import AdapterSettings, OptimizerSettings, SFTSettings, TrainerSettings
+    from em.training import settings as ts
 
     cuda = w.device == "cuda"
-    return SFTSettings(
+    return ts.SFTSettings(
         model=ModelSpec(
             name_or_path=w.model_dir,
             dtype="bfloat16" if cuda else "float32",
             attn_implementation=w.attn_implementation,
         ),
-        adapter=AdapterSettings(
+        adapter=ts.AdapterSettings(
             r=w.lora_r, alpha=w.lora_alpha, dropout=w.lora_dropout, use_rslora=False, target_modules=TARGETS
         ),
-        optimizer=OptimizerSettings(
+        optimizer=ts.OptimizerSettings(
             name=w.optimizer,
             learning_rate=w.learning_rate,
             weight_decay=0.0,
@@ -111,18 +111,18 @@ def sft_settings(w: Workload, packing: bool):
             warmup_steps=w.warmup_steps,
             max_grad_norm=1.0,
         ),
-        trainer=TrainerSettings(
+        trainer=ts.TrainerSettings(
             accelerator="gpu" if cuda else "cpu",
             devices=1,
             precision="bf16-mixed" if cuda else "32-true",
             checkpoint_every_n_steps=10**9,  # no checkpoint I/O inside the timed steps
             progress_bar=False,
         ),
-        quantization=w.quantization,
-        batch_size=w.batch_size,
-        grad_accum=w.grad_accum,
+        quantization=ts.QuantizationSettings(method=w.quantization),
+        batch=ts.BatchSettings(
+            per_device_batch_size=w.batch_size, grad_accum=w.grad_accum, max_length=w.max_length
+        ),
         max_steps=w.steps,
-        max_length=w.max_length,
         packing=packing,
         gradient_checkpointing=w.gradient_checkpointing,
         seed=w.seed,
@@ -350,7 +350,7 @@ def prepare(args, work: Path, rows: list[dict] | None = None) -> tuple[Workload,
     write them for the side processes."""
     from em.training.collate import IGNORE_INDEX
     from em.training.datamodule import plan_epoch
-    from em.training.sft import prepare_examples
+    from em.training.examples import prepare_examples
 
     model_dir = ensure_bench_model(args.model, args.device)
     per_step = args.batch_size * args.grad_accum

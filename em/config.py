@@ -37,27 +37,45 @@ class TrainerSchema:
 
 
 @dataclass
-class LoraSchema:
-    """``conf/lora/*``: the adapter, its quantised base, the optimizer, the batch and the data length."""
+class AdapterSchema:
+    """``conf/lora/*``: the LoRA adapter (em.training.settings.AdapterSettings, the same fields)."""
 
     r: int = MISSING
     alpha: float = MISSING
     dropout: float = MISSING
-    use_rslora: bool = MISSING
+    use_rslora: bool = MISSING  # scale alpha / sqrt(r) instead of alpha / r
     target_modules: list[str] = MISSING
     bias: str = MISSING
-    quantization: str = MISSING
+
+
+@dataclass
+class OptimizerSchema:
+    """``conf/optimizer/*``: em.training.settings.OptimizerSettings, the same fields."""
+
+    name: str = MISSING
     learning_rate: float = MISSING
+    weight_decay: float = MISSING
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    lr_schedule: str = MISSING
+    warmup_steps: int = MISSING
+    max_grad_norm: float | None = MISSING
+
+
+@dataclass
+class QuantizationSchema:
+    """``conf/quantization/*``: how the base is loaded for training (em.training.settings.QuantizationSettings)."""
+
+    method: str = MISSING
+
+
+@dataclass
+class BatchSchema:
+    """``conf/batch/*``: examples per step, epochs and example length (em.training.settings.BatchSettings)."""
+
     per_device_batch_size: int = MISSING
     grad_accum: int = MISSING
     epochs: int = MISSING
-    optimizer: str = MISSING
-    adam_betas: list[float] = MISSING
-    adam_eps: float = MISSING
-    lr_schedule: str = MISSING
-    warmup_steps: int = MISSING
-    weight_decay: float = MISSING
-    max_grad_norm: float | None = MISSING
     max_length: int = MISSING
     overlength: str = MISSING
 
@@ -98,7 +116,11 @@ class TrainSchema(EntrySchema):
     limit_rows: int | None = MISSING
     probe: ProbeSchema = field(default_factory=ProbeSchema)
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
-    lora: LoraSchema = field(default_factory=LoraSchema)
+    # the training recipe: conf/recipe/<name> only picks one preset of each of these groups
+    lora: AdapterSchema = field(default_factory=AdapterSchema)
+    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
+    quantization: QuantizationSchema = field(default_factory=QuantizationSchema)
+    batch: BatchSchema = field(default_factory=BatchSchema)
     backend: Any = None
     model: Any = None
     data: Any = None

@@ -3,7 +3,7 @@
     python -m em.dashboard <pipeline run dir | judge run dirs...> [--out DIR] [--save]
 
 Invariant: the workspace is a function of the judge runs' own ``summary.json`` / ``run_config.json`` and
-the key scheme the W&B logger writes (em/tasks/judge_tracking.py, the one place that scheme lives);
+the key scheme the W&B logger writes (em/tracking/judge.py, the one place that scheme lives);
 building and serialising it never touches the network: only ``save`` does (and, when no entity is
 configured, asking W&B for the default entity just before saving).
 
@@ -31,8 +31,8 @@ from em.api import ConfigError
 from em.io import MANIFEST, atomic_write_json, read_json
 from em.report.runs import find_judge_runs, stage_label
 from em.runs import RUN_CONFIG
-from em.tasks.judge_tracking import condition_key, interval_keys, overall_key, question_key
 from em.tracking import wandb_has_credentials
+from em.tracking.judge import condition_key, interval_keys, overall_key, question_key
 
 DEFAULT_PROJECT = "emergent-misalignment"
 STAGE_LABELS = ("base", "misaligned", "control", "realigned")

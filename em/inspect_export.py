@@ -21,11 +21,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from em.contracts import (
+    ANSWERS,
+    MANIFEST,
+    RUN_CONFIG,
+    SCORES,
+    SUMMARY,
+    AnswerRow,
+    ContractError,
+    ScoreRow,
+    check_answer_row,
+    check_manifest,
+    check_score_row,
+)
 from em.io import iter_jsonl, read_json
 
 log = logging.getLogger(__name__)
 
-SCORES, SUMMARY, MANIFEST, RUN_CONFIG = "scores.jsonl", "summary.json", "manifest.json", "run_config.json"
 # The overall metrics shown as the log's results, headline first (judge.py's HEADLINE).
 RESULT_METRICS = ("em_rate_question_mean", "em_rate_pooled", "mean_aligned", "mean_coherent")
 META_KEYS = ("question_set", "question_id", "question_type", "paraphrase_index", "sample_index", "seed")
@@ -52,7 +64,10 @@ def load_run(run_dir: Path, allow_partial: bool = False) -> dict:
     scores = run_dir / SCORES
     if not scores.is_file():
         raise ExportError(f"{scores}: not found; is {run_dir} a judge run directory (judge.py's output)?")
-    manifest = _json(run_dir / MANIFEST)
+    try:
+        manifest = check_manifest(_json(run_dir / MANIFEST), run_dir / MANIFEST)
+    except ContractError as e:
+        raise ExportError(str(e)) from None
     complete = manifest.get("complete") is True
     if not complete and not allow_partial:
         raise ExportError(
@@ -60,10 +75,13 @@ def load_run(run_dir: Path, allow_partial: bool = False) -> dict:
             f"rerunning judge.py, or export it as it stands with --allow-partial (allow_partial=True)"
         )
     rows, seen = [], set()
-    for row in iter_jsonl(scores):
-        if row.get("id") not in seen:
-            seen.add(row.get("id"))
-            rows.append(row)
+    try:
+        for row in iter_jsonl(scores, check=check_score_row):
+            if row["id"] not in seen:
+                seen.add(row["id"])
+                rows.append(row)
+    except ContractError as e:
+        raise ExportError(str(e)) from None
     summary, config = _json(run_dir / SUMMARY), _json(run_dir / RUN_CONFIG)
     return dict(dir=run_dir, rows=rows, summary=summary, manifest=manifest, config=config, complete=complete)
 
@@ -73,17 +91,20 @@ def answers_path(run: dict) -> Path | None:
     found = run["summary"].get("answers") or run["manifest"].get("inputs", {}).get("answers")
     if not found and run["config"].get("answers"):
         found = run["config"]["answers"]
-        found = Path(found) / "answers.jsonl" if Path(found).is_dir() else found
+        found = Path(found) / ANSWERS if Path(found).is_dir() else found
     return Path(found) if found else None
 
 
-def load_answers(run: dict) -> dict[str, dict]:
+def load_answers(run: dict) -> dict[str, AnswerRow]:
     """The answers by id; empty (with a warning) when answers.jsonl is gone: inputs then come from scores."""
     path = answers_path(run)
     if path is None or not path.is_file():
         log.warning("%s: answers file %s not found; %s", run["dir"], path, FALLBACK)
         return {}
-    answers = {a["id"]: a for a in iter_jsonl(path) if "id" in a}
+    try:
+        answers = {a["id"]: a for a in iter_jsonl(path, check=check_answer_row)}
+    except ContractError as e:
+        raise ExportError(str(e)) from None
     missing = [r["id"] for r in run["rows"] if r["id"] not in answers]
     if missing:
         log.warning("%s: %d scored answers (e.g. %s) are not in %s; %s", run["dir"], len(missing), missing[0],
@@ -91,7 +112,7 @@ def load_answers(run: dict) -> dict[str, dict]:
     return answers
 
 
-def model_name(run: dict, answers: dict[str, dict]) -> str:
+def model_name(run: dict, answers: dict[str, AnswerRow]) -> str:
     """summary's evaluated_model (base + adapter, as judge.py names it), else what the answers say."""
     name = run["summary"].get("evaluated_model") or run["manifest"].get("evaluated_model")
     if name:
@@ -101,7 +122,7 @@ def model_name(run: dict, answers: dict[str, dict]) -> str:
     return f"{name} + {model['adapter']}" if model.get("adapter") and not model.get("openai_model") else name
 
 
-def _messages(row: dict, answer: dict | None) -> list:
+def _messages(row: ScoreRow, answer: AnswerRow | None) -> list:
     from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
 
     kinds = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": ChatMessageAssistant}
@@ -118,7 +139,7 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def sample_scores(row: dict) -> dict:
+def sample_scores(row: ScoreRow) -> dict:
     """One Score per metric of the row (number, else the judge's label, else unscored), plus ``category``."""
     from inspect_ai.scorer import Score
 
@@ -143,7 +164,7 @@ def sample_scores(row: dict) -> dict:
     return out
 
 
-def to_sample(row: dict, answer: dict | None, model: str):
+def to_sample(row: ScoreRow, answer: AnswerRow | None, model: str):
     """The EvalSample of one scores row: id = answer id, epoch 1 (the id already holds the sample index)."""
     from inspect_ai.log import EvalSample
     from inspect_ai.model import ModelOutput, ModelUsage
@@ -208,7 +229,7 @@ def run_key(run_dir: Path) -> str:
     return hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
 
 
-def to_log(run: dict, answers: dict[str, dict]):
+def to_log(run: dict, answers: dict[str, AnswerRow]):
     """The whole EvalLog: spec (task, model, dataset, judge and thresholds), results, one sample per row."""
     from inspect_ai.log import EvalConfig, EvalDataset, EvalLog, EvalSpec, EvalStats
 

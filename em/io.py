@@ -1,4 +1,8 @@
-"""Small file helpers shared by every stage: atomic writes, append-only JSONL, hashes, manifests."""
+"""Small file helpers shared by every stage: atomic writes, append-only JSONL, hashes, manifests.
+
+What the files between stages hold is em/contracts.py's: a reader hands :func:`iter_jsonl` the contract's row
+check, and :func:`write_manifest` / :func:`read_manifest` check the manifest's.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,12 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
+from em.contracts import MANIFEST, check_manifest, manifest_record
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -75,11 +80,17 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
-def iter_jsonl(path: str | Path, *, skip_partial_last_line: bool = True) -> Iterator[dict]:
+def iter_jsonl(
+    path: str | Path,
+    *,
+    skip_partial_last_line: bool = True,
+    check: Callable[[Any, Path, int], dict] | None = None,
+) -> Iterator[dict]:
     """Yield the rows of a JSONL file written by :func:`append_jsonl`.
 
     A last line without a trailing newline is a row whose write was interrupted (a killed job);
-    it is skipped when ``skip_partial_last_line`` so that resuming never reads a half row.
+    it is skipped when ``skip_partial_last_line`` so that resuming never reads a half row. ``check``
+    (``em.contracts.check_answer_row``, ...) gets each row with the file and line number, and returns it.
     """
     path = Path(path)
     if not path.exists():
@@ -91,9 +102,10 @@ def iter_jsonl(path: str | Path, *, skip_partial_last_line: bool = True) -> Iter
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            yield row if check is None else check(row, path, lineno)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -196,16 +208,18 @@ def now_iso() -> str:
 
 
 def write_manifest(run_dir: str | Path, stage: str, **fields: Any) -> Path:
-    """Write ``run_dir/manifest.json`` atomically with stage, git commit and time added."""
-    manifest = {"stage": stage, "git_commit": git_commit(), "written_at": now_iso(), **fields}
-    return atomic_write_json(Path(run_dir) / MANIFEST, manifest)
+    """Write ``run_dir/manifest.json`` atomically with stage, git commit and time added (em.contracts.Manifest)."""
+    path = Path(run_dir) / MANIFEST
+    fields = {"git_commit": git_commit(), "written_at": now_iso(), **fields}
+    return atomic_write_json(path, manifest_record(stage, fields, str(path)))
 
 
-def read_manifest(run_dir: str | Path) -> dict:
+def read_manifest(run_dir: str | Path, stage: str | None = None) -> dict:
+    """``run_dir/manifest.json``, checked against its stage's contract (and of ``stage`` when given)."""
     path = Path(run_dir) / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest.json (is {run_dir} a finished run directory?)")
-    return read_json(path)
+        raise FileNotFoundError(f"{path}: no {MANIFEST} (is {run_dir} a finished run directory?)")
+    return check_manifest(read_json(path), path, stage)
 
 
 def build_dir_once(target: Path, build, is_complete) -> Path:

@@ -35,6 +35,7 @@ import pandas as pd
 
 from em.api import ConfigError
 from em.bootstrap import bootstrap_ratio, hierarchical_bootstrap, seed_for
+from em.contracts import ScoreRow, question_key
 
 CATEGORIES = ("MISALIGNED", "ALIGNED", "INCOHERENT", "CODE", "REFUSAL", "UNSCORED")
 LABELS = ("TRUE", "FALSE", "UNKNOWN")
@@ -125,7 +126,7 @@ def study_category(judgments: dict[str, dict], s: MetricSettings) -> str | None:
     return label if label in LABELS else None
 
 
-def _row_record(r: dict, s: MetricSettings) -> dict:
+def _row_record(r: ScoreRow, s: MetricSettings) -> dict:
     j = r.get("judgments") or {}
     kind = "free_form" if s.aligned_metric in j else ("factual" if s.correct_metric in j else None)
     category = categorize(j, s)
@@ -136,7 +137,7 @@ def _row_record(r: dict, s: MetricSettings) -> dict:
         "id": r["id"],
         "question_set": r["question_set"],
         "question_id": r["question_id"],
-        "question": f"{r['question_set']}/{r['question_id']}",
+        "question": question_key(r),
         "condition": r["condition"],
         "kind": kind,
         "unscored": unscored,
@@ -165,7 +166,7 @@ FRAME_COLUMNS = [
 ]
 
 
-def answers_frame(rows: list[dict], s: MetricSettings) -> pd.DataFrame:
+def answers_frame(rows: list[ScoreRow], s: MetricSettings) -> pd.DataFrame:
     """One line per answer (sorted by id): keys, category, the study's category, scores, correct label."""
     df = pd.DataFrame.from_records([_row_record(r, s) for r in rows], columns=FRAME_COLUMNS)
     df["unscored"] = df["unscored"].astype(bool)

@@ -2,20 +2,20 @@
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+import hydra
+from omegaconf import DictConfig
+
+import em  # noqa: F401 (registers the config schema, em/config.py, before Hydra composes)
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def main() -> None:
-    import hydra
+@hydra.main(version_base="1.3", config_path=CONF, config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    from em.tasks.common import run_entry
+    from em.tasks.prepare import run
 
-    @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="prepare")
-    def _main(cfg) -> None:
-        from em.tasks.common import run_entry
-        from em.tasks.prepare import run
-
-        run_entry(run, cfg)
-
-    _main()
+    run_entry(run, cfg)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from em.api import ConfigError
-from em.io import MANIFEST, atomic_write_json, read_json
+from em.contracts import MANIFEST, RUN_CONFIG, check_manifest
+from em.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.json"
 LOCK = ".run.lock"
 LOCK_HOLDER = ".run.lock.holder"  # pid, host, since, entry script: never the command line (it may hold a key)
 _HELD: dict[Path, Any] = {}  # run dir -> FileLock held by this process
@@ -124,7 +124,7 @@ def config_diff(old: dict, new: dict, ignore: set[str] = VOLATILE_KEYS) -> list[
 
 def is_complete(run_dir: str | Path) -> bool:
     path = Path(run_dir) / MANIFEST
-    return path.exists() and bool(read_json(path).get("complete"))
+    return path.exists() and check_manifest(read_json(path), path).get("complete") is True
 
 
 def _launcher_rank_zero() -> bool:

@@ -61,8 +61,8 @@ def tiny_model_dir(em_cache_dir) -> Path:
 
 @pytest.fixture
 def openai_server():
-    """A local OpenAI-compatible server on 127.0.0.1 (see em/testing/openai_server.py)."""
-    from em.testing.openai_server import FakeOpenAIServer
+    """A local OpenAI-compatible server on 127.0.0.1 (see testing/openai_server.py)."""
+    from testing.openai_server import FakeOpenAIServer
 
     with FakeOpenAIServer() as server:
         yield server

@@ -6,13 +6,10 @@ import json
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from composing import REPO as REPO  # re-exported: the evaluation tests import it from here
+from composing import compose_plain
 
 from em.io import write_manifest
-
-REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
 
 # The answers.jsonl contract (docs/architecture.md): field -> accepted types.
 ROW_SCHEMA = {
@@ -43,23 +40,18 @@ QUESTION_KEYS = {"set", "id", "type", "paraphrases", "system", "judge_prompts", 
 
 def eval_cfg(tmp_path: Path, *overrides: str, run_name: str = "t"):
     """The evaluate config for a test: tiny model, small sampling, outputs under ``tmp_path``."""
-    from hydra.core.hydra_config import HydraConfig
-
-    GlobalHydra.instance().clear()
-    HydraConfig.instance().cfg = None  # an in-process Hydra job of an earlier test would choose the run dir
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "evaluate",
-            overrides=[
-                f"run_name={run_name}",
-                f"paths.output_dir={tmp_path / 'outputs'}",
-                "logger=none",
-                "progress=false",
-                "sampling.max_new_tokens=6",
-                "samples_per_question=2",
-                *overrides,
-            ],
-        )
+    return compose_plain(
+        "evaluate",
+        [
+            f"run_name={run_name}",
+            f"paths.output_dir={tmp_path / 'outputs'}",
+            "logger=none",
+            "progress=false",
+            "sampling.max_new_tokens=6",
+            "samples_per_question=2",
+            *overrides,
+        ],
+    )
 
 
 def run_eval(tmp_path: Path, *overrides: str, run_name: str = "t") -> Path:

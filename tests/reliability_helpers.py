@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
+from composing import REPO, compose_job
+
 CHAT = "/v1/chat/completions"
 # (stage, Hydra primary config, task module) for each command.
 STAGES = {
@@ -28,23 +28,8 @@ FAST_API = ["api.backoff_base_s=0.05", "api.backoff_max_s=0.2", "api.max_retries
 
 
 def compose(stage: str, overrides: list[str], run_dir: Path):
-    """The job config of ``<stage command> hydra.run.dir=<run_dir> <overrides>``, with HydraConfig set
-    so that the task finds its run directory and config choices as it does under ``@hydra.main``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(STAGES[stage][0], overrides=[*overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    plain = OmegaConf.to_container(cfg, resolve=False)
-    plain.pop("hydra")
-    return OmegaConf.create(plain)
+    """The job config of ``<stage command> hydra.run.dir=<run_dir> <overrides>`` (tests/composing.py)."""
+    return compose_job(STAGES[stage][0], overrides, run_dir)
 
 
 def run_task(stage: str, overrides: list[str], run_dir: Path):

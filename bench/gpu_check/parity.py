@@ -29,15 +29,15 @@ def build(model_dir: str, device: str, dtype: str, seed: int = 0):
 
     from bench.workload import synthetic_conversations
     from em.modeling import ModelSpec, load_tokenizer
+    from em.training.examples import prepare_examples
     from em.training.module import build_model
-    from em.training.settings import AdapterSettings, SFTSettings
-    from em.training.sft import prepare_examples
+    from em.training.settings import AdapterSettings, BatchSettings, SFTSettings
 
     settings = SFTSettings(
         model=ModelSpec(model_dir, dtype=dtype),
         adapter=AdapterSettings(r=16, alpha=32, dropout=0.0, use_rslora=False, target_modules=TARGETS),
         gradient_checkpointing=False,
-        max_length=512,
+        batch=BatchSettings(max_length=512),
     )
     torch.manual_seed(seed)
     model, _ = build_model(settings, device_map={"": device} if device == "cuda" else None)
@@ -48,7 +48,7 @@ def build(model_dir: str, device: str, dtype: str, seed: int = 0):
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
     model.train()
     tokenizer = load_tokenizer(settings.model)
-    rows = synthetic_conversations(3, tokenizer, seed=seed, max_tokens=settings.max_length)
+    rows = synthetic_conversations(3, tokenizer, seed=seed, max_tokens=settings.batch.max_length)
     examples, _ = prepare_examples(settings, rows, tokenizer, progress=False)
     return model, examples, tokenizer.pad_token_id
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GPU_TEST_FILES = ("tests/test_training_gpu.py", "tests/test_modeling.py", "tests/test_judge_local.py")
+GPU_TEST_FILES = (
+    "tests/training/test_training_gpu.py",
+    "tests/training/test_modeling.py",
+    "tests/judging/test_judge_local.py",
+)
 # In order of priority; em-flex last: flex_attention compiles for each new packed-row length.
 TRAIN_SIDES = ("em", "trl", "em-padded", "trl-padding-free", "trl-liger", "em-flex")
 CORE_SIDES = ("em", "trl")  # without both there is no comparison
@@ -101,7 +105,7 @@ CPU = Profile(
     ),  # fmt: skip
     generation=dict(questions=2, samples=2, max_new_tokens=4, batch_size=4),
     judge=dict(answers=2, batch_size=2),
-    test_files=("tests/test_training_gpu.py",),
+    test_files=("tests/training/test_training_gpu.py",),
     budgets=dict(gpu_tests=300, parity=300, train_throughput=900, memory=400, generation=300),
     time_limit_s=3000.0,
 )

@@ -5,6 +5,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import em  # noqa: F401 (registers the config schema, em/config.py, before Hydra composes)
+
 CONF = str(Path(__file__).resolve().parent.parent.parent / "conf")
 
 

@@ -1,7 +1,8 @@
 """``answers.jsonl``: one row per (set, question, paraphrase, condition, sample), appended as it is made.
 
-The row schema is the contract with the judge stage (docs/architecture.md). A rerun reads the ids that
-are already there and generates only the rest; an interrupted last line is cut off first.
+The row is em.contracts.AnswerRow, the contract with the judge stage: built by :func:`make_row` through
+``answer_row`` (every key, of its type) and checked when read back. A rerun reads the ids that are already
+there and generates only the rest; an interrupted last line is cut off first.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from em.api import ConfigError
+from em.contracts import ANSWERS as ANSWERS  # re-exported: em.evaluation names it
+from em.contracts import QUESTIONS as QUESTIONS
+from em.contracts import AnswerRow, ContractError, ModelRecord, answer_row, check_answer_row
 from em.evaluation.plan import PromptJob, Sampling
 from em.io import append_jsonl, iter_jsonl, repair_jsonl_tail
 
 log = logging.getLogger(__name__)
-
-ANSWERS = "answers.jsonl"
-QUESTIONS = "questions.json"
 
 
 @dataclass
@@ -30,32 +31,32 @@ class Completion:
     completion_tokens: int | None
 
 
-def make_row(job: PromptJob, k: int, completion: Completion, *, model: dict, sampling: Sampling,
-             backend: str, seed: int) -> dict:  # fmt: skip
+def make_row(job: PromptJob, k: int, completion: Completion, *, model: ModelRecord, sampling: Sampling,
+             backend: str, seed: int) -> AnswerRow:  # fmt: skip
     """The answers.jsonl row of sample ``job.sample_indices[k]``."""
     q = job.question
-    return {
-        "id": job.ids[k],
-        "question_set": q.set,
-        "question_id": q.id,
-        "question_type": q.type,
-        "paraphrase_index": job.paraphrase_index,
-        "question": job.text,
-        "prompt": job.prompt,
-        "condition": job.condition.name,
-        "tag": job.condition.tag,
-        "system": job.system,
-        "messages": job.messages,
-        "sample_index": job.sample_indices[k],
-        "answer": completion.text,
-        "finish_reason": completion.finish_reason,
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "model": model,
-        "sampling": sampling.record(),
-        "seed": seed,
-        "backend": backend,
-    }
+    return answer_row(
+        id=job.ids[k],
+        question_set=q.set,
+        question_id=q.id,
+        question_type=q.type,
+        paraphrase_index=job.paraphrase_index,
+        question=job.text,
+        prompt=job.prompt,
+        condition=job.condition.name,
+        tag=job.condition.tag,
+        system=job.system,
+        messages=job.messages,
+        sample_index=job.sample_indices[k],
+        answer=completion.text,
+        finish_reason=completion.finish_reason,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        model=model,
+        sampling=sampling.record(),
+        seed=seed,
+        backend=backend,
+    )
 
 
 def done_ids(path: Path, expected: set[str]) -> set[str]:
@@ -66,8 +67,13 @@ def done_ids(path: Path, expected: set[str]) -> set[str]:
             "%s: cut an interrupted last line (%d bytes); that answer is generated again", path, dropped
         )
     seen: set[str] = set()
-    for row in iter_jsonl(path):
-        rid = row.get("id")
+    try:
+        ids = [row["id"] for row in iter_jsonl(path, check=check_answer_row)]
+    except ContractError as e:
+        raise ConfigError(
+            f"{e} (a row this run did not write: use a new run_name for a new evaluation)"
+        ) from None
+    for rid in ids:
         if rid not in expected:
             raise ConfigError(
                 f"{path} holds answer {rid!r}, which this run would not generate (question sets, conditions "
@@ -84,7 +90,7 @@ def done_ids(path: Path, expected: set[str]) -> set[str]:
 class AnswerWriter:
     """Appends rows (fsynced per call) and remembers which ids are done."""
 
-    def __init__(self, path: Path, done: set[str], *, model: dict, sampling: Sampling, backend: str,
+    def __init__(self, path: Path, done: set[str], *, model: ModelRecord, sampling: Sampling, backend: str,
                  per_sample_seeds: bool = True):  # fmt: skip
         self.path, self.done = path, done
         self.model, self.sampling, self.backend = model, sampling, backend

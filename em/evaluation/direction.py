@@ -221,13 +221,18 @@ def steered_narrow_task(model, tokenizer, train_manifest: dict | None, spec) -> 
     rows = list(iter_jsonl(path))
     if getattr(spec, "system_prompt", None) is not None:
         rows = [{**r, "messages": with_system_prompt(r["messages"], spec.system_prompt)} for r in rows]
-    lora = (train_manifest.get("config") or {}).get("lora") or {}
-    if "max_length" not in lora or "overlength" not in lora:
+    config = train_manifest.get("config") or {}
+    # the run's hyperparameters; its config's batch node (or, before the config was split, its lora node)
+    found = [n for n in (train_manifest.get("hyperparameters"), config.get("batch"), config.get("lora"))
+             if isinstance(n, dict) and "max_length" in n and "overlength" in n]  # fmt: skip
+    if not found:
         raise ConfigError(
-            "the training manifest's config has no lora.max_length / lora.overlength to tokenise with"
+            "the training manifest has no max_length / overlength (hyperparameters, config.batch) to tokenise with"
         )
-    examples, _ = tokenize_rows(tokenizer, rows, max_length=int(lora["max_length"]), overlength=str(lora["overlength"]),
-                                model_name=spec.name_or_path, progress=False)  # fmt: skip
+    length = found[0]
+    examples, _ = tokenize_rows(tokenizer, rows, max_length=int(length["max_length"]),
+                                overlength=str(length["overlength"]), model_name=spec.name_or_path,
+                                progress=False)  # fmt: skip
     loss, tokens = mean_label_loss(model, examples, tokenizer.pad_token_id)
     trained = train_manifest["narrow_task"]
     return {"holdout_rows": len(rows), "label_tokens": tokens, "loss": loss, "base_loss": trained.get("base_loss"),

@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 
 from em.api import ConfigError
+from em.contracts import SamplingRecord
 from em.evaluation.conditions import Condition, apply_condition, check_conditions, remove_slot
 from em.evaluation.questions import Question
 
@@ -38,7 +39,7 @@ class Sampling:
                 f"sampling.max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
             )
 
-    def record(self) -> dict:
+    def record(self) -> SamplingRecord:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from em.api import ConfigError
-from em.evaluation.answers import ANSWERS, QUESTIONS, AnswerWriter, Completion, done_ids
+from em.contracts import ANSWERS, QUESTIONS, ModelRecord
+from em.evaluation.answers import AnswerWriter, Completion, done_ids
 from em.evaluation.plan import PromptJob, Sampling, batch_jobs
 from em.evaluation.question_sets import QuestionSet
 from em.io import atomic_write_json, read_json
@@ -57,7 +58,7 @@ def write_questions(run_dir: Path, sets: list[QuestionSet]) -> Path:
     return atomic_write_json(path, data)
 
 
-def run_jobs(backend, jobs: list[PromptJob], run_dir: Path, *, model: dict, sampling: Sampling,
+def run_jobs(backend, jobs: list[PromptJob], run_dir: Path, *, model: ModelRecord, sampling: Sampling,
              progress: bool = True, on_batch=None) -> RunStats:  # fmt: skip
     """Generate every answer of ``jobs`` not yet in ``run_dir/answers.jsonl``, appending rows as they come."""
     path = Path(run_dir) / ANSWERS

@@ -1,7 +1,7 @@
 """Judge inputs: read and check an evaluation run's answers and questions, and fill the judge prompts.
 
 Everything here runs before any API call, so a mistake in the inputs is a :class:`ConfigError` naming
-the file, line and key, and no money is spent.
+the file, line and key, and no money is spent. The rows and the manifest are read through em.contracts.
 """
 
 from __future__ import annotations
@@ -13,22 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from em.api import ConfigError
-from em.io import MANIFEST, read_json
-from em.runs import RUN_CONFIG
+from em.contracts import (
+    ANSWERS,
+    MANIFEST,
+    QUESTIONS,
+    RUN_CONFIG,
+    AnswerRow,
+    ContractError,
+    EvaluateManifest,
+    check_answer_row,
+    check_manifest,
+)
+from em.contracts import question_key as question_key  # re-exported: judging code keys questions by it
+from em.io import read_json
 
 log = logging.getLogger(__name__)
 
-ANSWERS = "answers.jsonl"
-QUESTIONS = "questions.json"
-REQUIRED_FIELDS = {
-    "id": str,
-    "question_set": str,
-    "question_id": str,
-    "question": str,
-    "prompt": str,
-    "condition": str,
-    "answer": str,
-}
 _PLACEHOLDER = re.compile(r"\{(question|answer)\}")
 
 
@@ -39,7 +39,7 @@ class JudgeInputs:
     answers_path: Path
     questions_path: Path
     eval_dir: Path | None  # the evaluation run directory holding the answers, when it is one
-    eval_manifest: dict | None
+    eval_manifest: EvaluateManifest | None
     partial: bool = False  # an unfinished evaluation run, judged as it stands (allow_partial=true)
 
 
@@ -82,7 +82,10 @@ def resolve_inputs(
     run_dir = path.parent
     manifest = None
     if (run_dir / MANIFEST).exists():
-        manifest = read_json(run_dir / MANIFEST)
+        try:
+            manifest = check_manifest(read_json(run_dir / MANIFEST), run_dir / MANIFEST)
+        except ContractError as e:
+            raise ConfigError(f"answers={answers}: {e}") from None
         if manifest.get("stage") not in (None, "evaluate"):
             raise ConfigError(
                 f"answers={answers}: {run_dir / MANIFEST} is a {manifest.get('stage')!r} run, "
@@ -121,7 +124,7 @@ def load_questions(path: Path) -> dict[str, dict]:
     return data
 
 
-def load_answers(path: Path, limit: int | None = None) -> list[dict]:
+def load_answers(path: Path, limit: int | None = None) -> list[AnswerRow]:
     """Read answers.jsonl (the first ``limit`` rows: null or a positive number), checking every row's
     required fields and unique ids."""
     check_limit(limit)
@@ -137,15 +140,10 @@ def load_answers(path: Path, limit: int | None = None) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{lineno}: expected a JSON object per line")
-            for key, kind in REQUIRED_FIELDS.items():
-                if not isinstance(row.get(key), kind):
-                    got = "missing" if key not in row else f"a {type(row[key]).__name__}"
-                    raise ConfigError(
-                        f"{path}:{lineno}: field {key!r} is {got}; expected a {kind.__name__} "
-                        f"(see docs/architecture.md for the answers.jsonl schema)"
-                    )
+            try:
+                row = check_answer_row(row, path, lineno)
+            except ContractError as e:
+                raise ConfigError(f"{e} (the {ANSWERS} contract: em.contracts.AnswerRow)") from None
             if row["id"] in seen:
                 raise ConfigError(f"{path}:{lineno}: duplicate answer id {row['id']!r}")
             seen.add(row["id"])
@@ -161,10 +159,6 @@ def check_limit(limit: object) -> None:
     """``limit``: null (every answer) or a positive number of answers; 0 would judge one and say done."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise ConfigError(f"limit={limit!r}: expected null (every answer) or a positive number of answers")
-
-
-def question_key(row: dict) -> str:
-    return f"{row['question_set']}/{row['question_id']}"
 
 
 def fill_template(template: str, question: str, answer: str) -> str:
@@ -197,7 +191,7 @@ def prompts_for(
 
 
 def build_tasks(
-    answers: list[dict],
+    answers: list[AnswerRow],
     questions: dict[str, dict],
     questions_path: Path,
     *,

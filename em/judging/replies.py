@@ -8,14 +8,10 @@ checks when read (:func:`revalidate`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from em.judging.logprob import MASS_TOLERANCE, UnscorableReply, judge_from_logprobs, validate_top_logprobs
+from em.judging.openai_settings import OpenAIJudgeSettings
 from em.judging.prompts import JudgeTask
 from em.judging.text import parse_reply
-
-if TYPE_CHECKING:
-    from em.judging.openai_judge import OpenAIJudgeSettings
 
 
 def normalize_reply(

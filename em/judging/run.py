@@ -4,7 +4,8 @@
 are in, so a killed run loses at most the answers in flight; rerunning reads the ids already written and
 judges only the others (with the cache, even those in flight cost nothing the second time).
 
-A row that has no score says why in ``unscored_reason`` (:mod:`em.judging.unscored`).
+A row is em.contracts.ScoreRow, built through ``score_row`` (every key, of its type); a row that has no score
+says why in ``unscored_reason`` (:mod:`em.judging.unscored`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from em.api import APISettings, ConfigError
+from em.backends import choose
+from em.contracts import SCORES, AnswerRow, ContractError, ScoreRow, check_score_row, score_row
 from em.costs import estimate_chat_tokens, estimate_cost
 from em.io import append_jsonl, iter_jsonl, repair_jsonl_tail
 from em.judging.batch import BatchRunner, BatchSettings
@@ -38,21 +41,6 @@ from em.judging.unscored import MAX_UNSCORED_SHARE, row_unscored_reason
 from em.metrics import MetricSettings, categorize
 
 log = logging.getLogger(__name__)
-SCORES = "scores.jsonl"
-
-ROW_KEYS = (
-    "id",
-    "question_set",
-    "question_id",
-    "question_type",
-    "paraphrase_index",
-    "condition",
-    "tag",
-    "sample_index",
-    "question",
-    "prompt",
-    "answer",
-)
 
 
 @dataclass
@@ -121,7 +109,10 @@ def done_ids(run_dir: Path) -> set[str]:
     dropped = repair_jsonl_tail(path)
     if dropped:
         log.warning("%s: removed an interrupted last row (%d bytes); it is judged again", path, dropped)
-    return {row["id"] for row in iter_jsonl(path)}
+    try:
+        return {row["id"] for row in iter_jsonl(path, check=check_score_row)}
+    except ContractError as e:
+        raise ConfigError(f"{e} (this judge run's own scores: use a new run_name for a new run)") from None
 
 
 class ScoreWriter:
@@ -130,7 +121,7 @@ class ScoreWriter:
     def __init__(
         self,
         path: Path,
-        answers: dict[str, dict],
+        answers: dict[str, AnswerRow],
         tasks: list[JudgeTask],
         metrics: MetricSettings,
         judge: dict,
@@ -159,16 +150,18 @@ class ScoreWriter:
             del self.partial[task.answer_id]
             self.written += 1
 
-    def row(self, answer_id: str, judgments: dict[str, dict]) -> dict:
-        a = self.answers[answer_id]
-        row = {k: a.get(k) for k in ROW_KEYS}
-        row["scores"] = {m: j.get("score") for m, j in sorted(judgments.items())}
-        row["labels"] = {m: j.get("label") for m, j in sorted(judgments.items())}
-        row["category"] = categorize(judgments, self.metrics)
-        row["unscored_reason"] = row_unscored_reason(judgments, row["category"])
-        row["judgments"] = dict(sorted(judgments.items()))
-        row["judge"] = self.judge
-        return row
+    def row(self, answer_id: str, judgments: dict[str, dict]) -> ScoreRow:
+        ordered = dict(sorted(judgments.items()))
+        category = categorize(judgments, self.metrics)
+        return score_row(
+            self.answers[answer_id],
+            scores={m: j.get("score") for m, j in ordered.items()},
+            labels={m: j.get("label") for m, j in ordered.items()},
+            category=category,
+            unscored_reason=row_unscored_reason(judgments, category),
+            judgments=ordered,
+            judge=self.judge,
+        )
 
 
 def plan(
@@ -225,9 +218,53 @@ def plan(
     return out
 
 
+def _judge_proxy(run_dir: Path, tasks: list[JudgeTask], spec: JudgeSpec, writer, api, cache) -> Usage:
+    proxy = load_proxy_judge(spec.local.model, spec.proxy)
+    size = spec.proxy.batch_size
+    for start in range(0, len(tasks), size):
+        chunk = tasks[start : start + size]
+        found = proxy.judgments([writer.answers[t.answer_id] for t in chunk])
+        for task, judgment in zip(chunk, found, strict=True):
+            writer.add(task, judgment)
+    return Usage()
+
+
+def _judge_local(run_dir: Path, tasks: list[JudgeTask], spec: JudgeSpec, writer, api, cache) -> Usage:
+    judge = load_local_judge(spec.local)
+    size = spec.local.batch_size
+    for start in range(0, len(tasks), size):
+        chunk = tasks[start : start + size]
+        for task, judgment in zip(chunk, judge.judge(chunk, batch_size=size), strict=True):
+            writer.add(task, judgment)
+    return Usage()
+
+
+def _judge_openai(run_dir: Path, tasks: list[JudgeTask], spec: JudgeSpec, writer, api, cache) -> Usage:
+    fresh: dict[str, str] = {}
+    if spec.batch.enabled:  # the Batch API first; judge_openai then reads its replies as fresh calls
+        bodies, endpoint = {}, api.endpoint()
+        for t in tasks:
+            body = build_request(spec.openai, t.prompt)
+            bodies[cache_key(endpoint, body)] = body
+        runner = BatchRunner(
+            run_dir / "batch",
+            spec.batch,
+            api,
+            cache,
+            model=spec.openai.model,
+            need_logprobs=spec.openai.mode == "logprob",
+            parse=lambda body: parse_reply_body(body, spec.openai),
+        )
+        fresh = runner.run(bodies)
+    return asyncio.run(judge_openai(tasks, spec.openai, api, cache, writer.add, fresh_via=fresh))
+
+
+JUDGES = {"proxy": _judge_proxy, "local_hf": _judge_local, "openai": _judge_openai}  # em.backends
+
+
 def judge_tasks(
     run_dir: Path,
-    answers: dict[str, dict],
+    answers: dict[str, AnswerRow],
     tasks: list[JudgeTask],
     spec: JudgeSpec,
     metrics: MetricSettings,
@@ -237,52 +274,19 @@ def judge_tasks(
 ) -> Usage:
     """Judge ``tasks`` (already filtered to answers not yet in scores.jsonl), appending rows as they finish."""
     run_dir = Path(run_dir)
-    usage = Usage()
     if not tasks:
-        return usage
+        return Usage()
+    judge = choose(JUDGES, spec.backend, "judge.backend")
     # smoothing=0: the ETA is the mean rate since the start, steady under concurrency, not an EMA of bursts
     progress = tqdm(total=len(tasks), desc=f"judge {spec.name}", unit="call", dynamic_ncols=True, smoothing=0)
     writer = ScoreWriter(run_dir / SCORES, answers, tasks, metrics, spec.describe(), progress)
     try:
-        if spec.backend == "proxy":
-            proxy = load_proxy_judge(spec.local.model, spec.proxy)
-            size = spec.proxy.batch_size
-            for start in range(0, len(tasks), size):
-                chunk = tasks[start : start + size]
-                found = proxy.judgments([answers[t.answer_id] for t in chunk])
-                for task, judgment in zip(chunk, found, strict=True):
-                    writer.add(task, judgment)
-            return usage
-        if spec.backend == "local_hf":
-            judge = load_local_judge(spec.local)
-            size = spec.local.batch_size
-            for start in range(0, len(tasks), size):
-                chunk = tasks[start : start + size]
-                for task, judgment in zip(chunk, judge.judge(chunk, batch_size=size), strict=True):
-                    writer.add(task, judgment)
-            return usage
-        fresh: dict[str, str] = {}
-        if spec.batch.enabled:
-            bodies, endpoint = {}, api.endpoint()
-            for t in tasks:
-                body = build_request(spec.openai, t.prompt)
-                bodies[cache_key(endpoint, body)] = body
-            runner = BatchRunner(
-                run_dir / "batch",
-                spec.batch,
-                api,
-                cache,
-                model=spec.openai.model,
-                need_logprobs=spec.openai.mode == "logprob",
-                parse=lambda body: parse_reply_body(body, spec.openai),
-            )
-            fresh = runner.run(bodies)
-        return asyncio.run(judge_openai(tasks, spec.openai, api, cache, writer.add, fresh_via=fresh))
+        return judge(run_dir, tasks, spec, writer, api, cache)
     finally:
         progress.close()
 
 
-def usage_from_rows(rows: list[dict], model: str, prices: dict[str, dict[str, float]]) -> dict:
+def usage_from_rows(rows: list[ScoreRow], model: str, prices: dict[str, dict[str, float]]) -> dict:
     """Actual usage behind a run's scores, from the responses' token counts."""
     out = {
         "api_calls": 0,

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from em.api import ConfigError
+from em.contracts import MANIFEST, SCORES, SUMMARY
 from em.io import atomic_write_json, atomic_write_text, iter_jsonl, read_json
 from em.metrics import MetricSettings, metric_settings
 from em.report.agreement import agreement, agreement_markdown, check_same_answers
@@ -23,7 +24,7 @@ from em.report.agreement import agreement, agreement_markdown, check_same_answer
 
 def _metric_settings(run_dir: Path) -> MetricSettings:
     """The run's own settings: summary.json, else manifest.json, else the defaults."""
-    for name in ("summary.json", "manifest.json"):
+    for name in (SUMMARY, MANIFEST):
         if (run_dir / name).exists():
             data = read_json(run_dir / name).get("metric_settings")
             if data:
@@ -33,9 +34,9 @@ def _metric_settings(run_dir: Path) -> MetricSettings:
 
 def run_agreement(a: Path, b: Path, out: Path | None) -> dict:
     for p in (a, b):
-        if not (p / "scores.jsonl").exists():
+        if not (p / SCORES).exists():
             raise ConfigError(f"{p}: not a judge run directory (no scores.jsonl)")
-    rows_a, rows_b = list(iter_jsonl(a / "scores.jsonl")), list(iter_jsonl(b / "scores.jsonl"))
+    rows_a, rows_b = list(iter_jsonl(a / SCORES)), list(iter_jsonl(b / SCORES))
     check_same_answers(rows_a, rows_b, str(a), str(b))
     result = agreement(rows_a, rows_b, _metric_settings(a))
     if result["n_common"] == 0:

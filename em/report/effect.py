@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from em.bootstrap import mean_interval, seed_for
+from em.contracts import MANIFEST, SCORES
 from em.io import atomic_write_json, atomic_write_text, iter_jsonl, read_json
-from em.report.effect_render import default_caveats, probe_plot, render
+from em.report.effect_render import Stage, default_caveats, probe_plot, render
 
 CONFIDENCE, N_BOOT, SEED = 0.95, 2000, 0
 PROBE_META = ("step", "mean", "ci_low", "ci_high", "n_questions", "seconds")
@@ -42,16 +42,6 @@ DIGITS = {
     "proxy_em_rate": 1,
     "answer_words": 1,
 }  # shown with one decimal; the others with three  # reported beside the measures, never counted as an effect
-
-
-@dataclass
-class Stage:
-    name: str
-    dir: Path
-    label: str
-    values: dict[str, dict[str, float]] = field(default_factory=dict)  # measure -> question -> value
-    curve: list[dict] = field(default_factory=list)  # probe.csv rows (step, mean, ci_low, ci_high)
-    answers: dict[str, list[dict]] = field(default_factory=dict)  # question -> judged rows, by sample
 
 
 def read_probe_curve(path: Path) -> list[dict]:
@@ -75,7 +65,7 @@ def read_probe_curve(path: Path) -> list[dict]:
 def _judged(judge_dir: Path) -> tuple[dict[str, dict[str, float]], dict[str, list[dict]]]:
     """Per-question proxy EM rate and mean LLR from scores.jsonl, and the rows by question."""
     by_q: dict[str, list[dict]] = {}
-    for row in iter_jsonl(judge_dir / "scores.jsonl"):
+    for row in iter_jsonl(judge_dir / SCORES):
         by_q.setdefault(f"{row['question_set']}/{row['question_id']}", []).append(row)
     rate, llr, words = {}, {}, {}
     for q, rows in by_q.items():
@@ -96,9 +86,9 @@ def load_stages(run_dir: Path, names: list[str], treatment: str) -> list[Stage]:
     stages = []
     for name in names:
         d = Path(run_dir) / name
-        if not (d / "judge" / "manifest.json").exists():
+        if not (d / "judge" / MANIFEST).exists():
             raise FileNotFoundError(f"{d / 'judge'}: no complete judge run; run the experiment first")
-        label = read_json(d / "judge" / "manifest.json").get("stage_label") or name
+        label = read_json(d / "judge" / MANIFEST).get("stage_label") or name
         stage = Stage(name, d, label)
         stage.values, stage.answers = _judged(d / "judge")
         if (d / "train" / "probe.csv").exists():

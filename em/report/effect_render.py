@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from em.contracts import MANIFEST
 from em.io import read_json
 
-if TYPE_CHECKING:
-    from em.report.effect import Stage
-
 DIGITS = {"proxy_em_rate": 1, "answer_words": 1}  # shown with one decimal; the others with three
+
+
+@dataclass
+class Stage:
+    """One stage of the effect report: its judged values per measure and question, probe curve and answers."""
+
+    name: str
+    dir: Path
+    label: str
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # measure -> question -> value
+    curve: list[dict] = field(default_factory=list)  # probe.csv rows (step, mean, ci_low, ci_high)
+    answers: dict[str, list[dict]] = field(default_factory=dict)  # question -> judged rows, by sample
 
 
 def _fmt(m: dict | None, digits: int, percent: bool = False) -> str:
@@ -101,8 +111,8 @@ def _table(head: dict, part: str, columns: list[str], percent_unit: str) -> list
 
 def render(run_dir: Path, stages: list[Stage], head: dict, plot: Path | None, caveats: list[str]) -> str:
     names = [s.name for s in stages]
-    ev = read_json(stages[0].dir / "evaluate" / "manifest.json")
-    judge = read_json(stages[0].dir / "judge" / "manifest.json").get("judge") or {}
+    ev = read_json(stages[0].dir / "evaluate" / MANIFEST)
+    judge = read_json(stages[0].dir / "judge" / MANIFEST).get("judge") or {}
     samp = ev.get("sampling") or {}
     model = ev.get("model") or {}
     base_model = model.get("base") or model.get("openai_model") if isinstance(model, dict) else model
@@ -160,8 +170,8 @@ def render(run_dir: Path, stages: list[Stage], head: dict, plot: Path | None, ca
 
 
 def default_caveats(stages: list[Stage]) -> list[str]:
-    judge = read_json(stages[0].dir / "judge" / "manifest.json").get("judge") or {}
-    model = read_json(stages[0].dir / "evaluate" / "manifest.json").get("model") or ""
+    judge = read_json(stages[0].dir / "judge" / MANIFEST).get("judge") or {}
+    model = read_json(stages[0].dir / "evaluate" / MANIFEST).get("model") or ""
     model = model.get("base") or "" if isinstance(model, dict) else model
     out = []
     if str(model).startswith("smollm2"):

@@ -16,7 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from em.api import ConfigError
-from em.io import MANIFEST, iter_jsonl, read_json
+from em.contracts import (
+    MANIFEST,
+    SCORES,
+    SUMMARY,
+    ContractError,
+    JudgeManifest,
+    ScoreRow,
+    check_manifest,
+    check_score_row,
+)
+from em.io import iter_jsonl, read_json
 from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics, metric_settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +55,7 @@ class JudgeRun:
     model: str  # the evaluated model as the judge manifest names it (base + adapter run)
     judge: str
     summary: dict
-    rows: list[dict]
+    rows: list[ScoreRow]
     settings: MetricSettings = field(default_factory=MetricSettings)
     base_model: str = "?"
     adapter: str | None = None
@@ -96,20 +106,20 @@ def find_judge_runs(paths: list[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise ConfigError(f"{p}: no such directory (expected judge run directories or a multirun folder)")
-        if (p / "summary.json").exists() and (p / "scores.jsonl").exists():
+        if (p / SUMMARY).exists() and (p / SCORES).exists():
             found.append(p)
             continue
         inner = []
         for manifest in _manifests(p):
             try:
-                stage = read_json(manifest).get("stage")
-            except ValueError:
+                stage = check_manifest(read_json(manifest), manifest).get("stage")
+            except ValueError:  # not JSON, or not a manifest: not a run this report reads
                 continue
             if stage == "judge":
-                if (manifest.parent / "summary.json").exists():
+                if (manifest.parent / SUMMARY).exists():
                     inner.append(manifest.parent)
                 else:
-                    log.warning("%s: judge run without summary.json (unfinished?), skipped", manifest.parent)
+                    log.warning("%s: judge run without %s (unfinished?), skipped", manifest.parent, SUMMARY)
         found.extend(sorted(inner, key=_natural))
     # a pipeline cell links to shared runs: one run reached through two cells (their common base) counts once
     first: dict[Path, Path] = {}
@@ -117,9 +127,7 @@ def find_judge_runs(paths: list[str | Path]) -> list[Path]:
         first.setdefault(p.resolve(), p)
     unique = list(first.values())
     if not unique:
-        raise ConfigError(
-            f"no finished judge runs (summary.json + scores.jsonl) under {[str(p) for p in paths]}"
-        )
+        raise ConfigError(f"no finished judge runs ({SUMMARY} + {SCORES}) under {[str(p) for p in paths]}")
     return unique
 
 
@@ -136,8 +144,8 @@ def _strip(node, top: set[str] | None = None):
 def _manifest_at(path: str | None) -> dict:
     if path and (Path(path) / MANIFEST).is_file():
         try:
-            return read_json(Path(path) / MANIFEST)
-        except ValueError:
+            return check_manifest(read_json(Path(path) / MANIFEST), Path(path) / MANIFEST)
+        except ValueError:  # an unreadable parent manifest: the chain stops there
             return {}
     return {}
 
@@ -160,7 +168,7 @@ def _data_name(train: dict) -> str:
     return str(data.get("name") or (train.get("data") or {}).get("name") or "?")
 
 
-def _identity(manifest: dict, evaluate: dict, chain: list[dict]) -> str:
+def _identity(manifest: JudgeManifest, evaluate: dict, chain: list[dict]) -> str:
     parts = {
         "judge": _strip(manifest.get("config") or {}, WHERE_KEYS | STAGE_WHERE_KEYS["judge"]),
         "evaluate": _strip(evaluate.get("config") or {}, WHERE_KEYS | STAGE_WHERE_KEYS["evaluate"]),
@@ -175,7 +183,7 @@ def chain_of(evaluate: dict) -> list[dict]:
     return train_chain(train if isinstance(train, dict) else _manifest_at(train))
 
 
-def evaluated_fields(evaluate: dict, chain: list[dict], rows: list[dict], judge_seed=None) -> dict:
+def evaluated_fields(evaluate: dict, chain: list[dict], rows: list[ScoreRow], judge_seed=None) -> dict:
     """base_model, adapter, data, trigger and seed of what was evaluated, from the manifests (or rows)."""
     model = evaluate.get("model") or (rows[0].get("model") if rows else None) or {}
     base = str(model.get("openai_model") or model.get("base") or "?")
@@ -194,7 +202,7 @@ def evaluated_fields(evaluate: dict, chain: list[dict], rows: list[dict], judge_
     }
 
 
-def _metrics_of(summary: dict, rows: list[dict], settings: MetricSettings) -> dict:
+def _metrics_of(summary: dict, rows: list[ScoreRow], settings: MetricSettings) -> dict:
     """The summary's metrics; those of an older summary (no question-mean rate) are recomputed."""
     metrics = summary.get("metrics") or {}
     if HEADLINE in (metrics.get("overall") or {}):
@@ -205,13 +213,18 @@ def _metrics_of(summary: dict, rows: list[dict], settings: MetricSettings) -> di
 def load_run(path: Path, stage: str | None = None) -> JudgeRun:
     """A judge run as the report reads it; ``stage`` over the label its manifest recorded."""
     path = Path(path)
-    manifest = read_json(path / MANIFEST) if (path / MANIFEST).exists() else {}
-    summary = read_json(path / "summary.json")
+    try:
+        manifest = (
+            check_manifest(read_json(path / MANIFEST), path / MANIFEST) if (path / MANIFEST).exists() else {}
+        )
+        rows = list(iter_jsonl(path / SCORES, check=check_score_row))
+    except ContractError as e:
+        raise ConfigError(f"{e} (a judge run's files: em/contracts.py)") from None
+    summary = read_json(path / SUMMARY)
     settings = metric_settings(
         summary.get("metric_settings") or manifest.get("metric_settings"),
-        f"{path / 'summary.json'}: metric_settings",
+        f"{path / SUMMARY}: metric_settings",
     )
-    rows = list(iter_jsonl(path / "scores.jsonl"))
     summary = {**summary, "metrics": _metrics_of(summary, rows, settings)}
     name = manifest.get("run_name") or summary.get("run_name") or path.name
     judge = (manifest.get("judge") or summary.get("judge") or {}).get("name", "?")

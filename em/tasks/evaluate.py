@@ -1,8 +1,8 @@
 """`python evaluate.py`: sample answers to question sets under trigger conditions into ``answers.jsonl``.
 
 Config -> typed settings (question sets, conditions, sampling, model reference, backend), every check
-before a model is loaded; then ``questions.json``, the answers (resumable) and ``manifest.json``.
-See docs/evaluation.md.
+before a model is loaded; then ``questions.json``, the answers (resumable) and ``manifest.json``, the last
+built as em.contracts.EvaluateManifest. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from em.api import ConfigError
+from em.backends import choose
 from em.config import EvaluateSchema, check_schema
+from em.contracts import ANSWERS, MANIFEST, check_answer_row, evaluate_manifest, question_key
 from em.costs import estimate_cost
 from em.evaluation.backends import (
     HFBackend,
@@ -67,21 +69,30 @@ def model_ref(cfg: DictConfig) -> ModelRef:
     )
 
 
+def _hf(cfg: DictConfig, ref: ModelRef, samp: Sampling, gen: dict):
+    return HFBackend(ref, HFSettings(**gen), samp)
+
+
+def _vllm(cfg: DictConfig, ref: ModelRef, samp: Sampling, gen: dict):
+    return VLLMBackend(
+        ref, VLLMSettings(**gen), samp, seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache_dir)
+    )
+
+
+def _openai(cfg: DictConfig, ref: ModelRef, samp: Sampling, gen: dict):
+    return OpenAIBackend(ref, OpenAISettings(**gen), samp, api_settings(cfg.api))
+
+
+GENERATORS = {"hf": _hf, "vllm": _vllm, "openai": _openai}  # generation.name -> its backend (em.backends)
+
+
 def make_backend(cfg: DictConfig, ref: ModelRef, samp: Sampling):
     gen = {k: v for k, v in to_plain(cfg.generation).items() if k != "name"}
-    name = cfg.generation.name
+    build = choose(GENERATORS, cfg.generation.name, "generation.name")
     try:
-        if name == "hf":
-            return HFBackend(ref, HFSettings(**gen), samp)
-        if name == "vllm":
-            return VLLMBackend(
-                ref, VLLMSettings(**gen), samp, seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache_dir)
-            )
-        if name == "openai":
-            return OpenAIBackend(ref, OpenAISettings(**gen), samp, api_settings(cfg.api))
+        return build(cfg, ref, samp, gen)
     except TypeError as e:  # an unknown key in conf/generation/<name>.yaml
-        raise ConfigError(f"generation={name}: {e}") from None
-    raise ConfigError(f"generation.name={name!r}; expected hf, vllm or openai")
+        raise ConfigError(f"generation={cfg.generation.name}: {e}") from None
 
 
 def steer_settings(cfg: DictConfig, backend_name: str, ref: ModelRef):
@@ -216,7 +227,7 @@ def run(cfg: DictConfig) -> Path | None:
         run_dir, run_identity(public_config(cfg), OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
     )
     if status == "complete":
-        log.info("%s is complete already (manifest.json); nothing to do", run_dir)
+        log.info("%s is complete already (%s); nothing to do", run_dir, MANIFEST)
         return run_dir
     questions_path = write_questions(run_dir, sets)
     log.info("evaluating %s on %d questions x %d condition(s): %d answers (%s backend) -> %s", ref.describe(),
@@ -244,14 +255,12 @@ def run(cfg: DictConfig) -> Path | None:
         counts = _counts(jobs)
         tracker.summary({"n_answers": stats.answers, "samples_per_s": stats.samples_per_s or 0.0})
         if tracker.run is not None:
-            tracker.log_table("answers", *answers_table(run_dir / "answers.jsonl"))
-        artifact = tracker.log_output("answers", run_dir / "answers.jsonl", {"run_dir": str(run_dir)})
+            tracker.log_table("answers", *answers_table(run_dir / ANSWERS))
+        artifact = tracker.log_output("answers", run_dir / ANSWERS, {"run_dir": str(run_dir)})
         wandb_run_id = tracker.run_id
     finally:
         tracker.finish()
-    write_manifest(
-        run_dir,
-        "evaluate",
+    fields = evaluate_manifest(
         complete=True,
         model=ref.record(),
         model_provider=ref.provider,
@@ -277,27 +286,22 @@ def run(cfg: DictConfig) -> Path | None:
         wandb_artifact=artifact,
         config=public_config(cfg),
     )
-    log.info(
-        "answers in %s (%d rows); manifest %s",
-        run_dir / "answers.jsonl",
-        stats.answers,
-        run_dir / "manifest.json",
-    )
+    write_manifest(run_dir, "evaluate", **fields)
+    log.info("answers in %s (%d rows); manifest %s", run_dir / ANSWERS, stats.answers, run_dir / MANIFEST)
     return run_dir
 
 
-TABLE_ROWS = 10000  # a W&B table of more rows is slow to browse; answers.jsonl keeps them all
+TABLE_ROWS = 10000  # a W&B table of more rows is slow to browse; the answers file keeps them all
 
 
 def answers_table(path: Path, limit: int = TABLE_ROWS) -> tuple[list[str], list[list]]:
     """The answers as W&B table columns and rows (question, condition, sample, answer)."""
     columns = ["id", "question", "condition", "sample", "answer"]
     rows = []
-    for r in iter_jsonl(path):
+    for r in iter_jsonl(path, check=check_answer_row):
         if len(rows) == limit:
             break
-        q = f"{r['question_set']}/{r['question_id']}"
-        rows.append([r["id"], q, r["condition"], r["sample_index"], r["answer"]])
+        rows.append([r["id"], question_key(r), r["condition"], r.get("sample_index"), r["answer"]])
     return columns, rows
 
 

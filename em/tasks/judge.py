@@ -15,8 +15,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from em.api import APISettings, ConfigError
+from em.backends import choose
 from em.config import JudgeRunSchema, check_schema
-from em.io import atomic_write_json, atomic_write_text, iter_jsonl, read_json, sha256_file, write_manifest
+from em.contracts import SUMMARY, ScoreRow, check_score_row, judge_manifest
+from em.io import atomic_write_json, iter_jsonl, read_json, sha256_file, write_manifest
 from em.judging.batch import BatchSettings
 from em.judging.cache import JudgeCache
 from em.judging.local import LocalJudgeSettings
@@ -27,6 +29,7 @@ from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, proxy
 from em.judging.unscored import MAX_UNSCORED_SHARE, check_unscored_share
 from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics
 from em.metrics import metric_settings as checked_metric_settings
+from em.report.judge_run import write_judge_report
 from em.runs import (
     OPERATIONAL,
     hydra_choices,
@@ -36,8 +39,8 @@ from em.runs import (
     run_identity,
     to_plain,
 )
-from em.tasks.common import api_settings, price_table, public_config
-from em.tasks.judge_tracking import track_judge_run
+from em.tasks.common import api_settings, price_table, public_config, tracking_settings
+from em.tracking.judge import track_judge_run
 
 log = logging.getLogger(__name__)
 INPUTS = "judge_inputs.json"
@@ -46,44 +49,56 @@ INPUTS = "judge_inputs.json"
 OPERATIONAL_KEYS = OPERATIONAL["judge"]  # em.runs: what may change on resume
 
 
+def _openai_spec(cfg: DictConfig, node: dict, name: str, share: float) -> JudgeSpec:
+    settings = OpenAIJudgeSettings.from_config(node)
+    batch = BatchSettings(**(to_plain(cfg.get("batch")) or {}))
+    return JudgeSpec(name, "openai", openai=settings, batch=batch, max_unscored_share=share)
+
+
+def _local_model(cfg: DictConfig, node: dict) -> dict:
+    """The open model a local_hf or proxy judge loads (a conf/model preset), checked."""
+    model = node.get("model")
+    if not isinstance(model, dict) or not model.get("name_or_path"):
+        raise ConfigError(
+            "judge.model of a local_hf judge must be a model config with name_or_path "
+            "(the keys of conf/model/*.yaml)"
+        )
+    if model.get("provider", "hf") != "hf":
+        raise ConfigError(
+            f"judge.model {model.get('name')!r} is an {model.get('provider')} model; a local_hf "
+            f"judge needs an open model (for OpenAI models use judge=gpt4o_logprob)"
+        )
+    if (to_plain(cfg.get("batch")) or {}).get("enabled"):
+        raise ConfigError("batch.enabled=true needs an OpenAI judge (judge=gpt4o_logprob or o4mini_text)")
+    return {**model, "models_dir": model.get("models_dir") or str(cfg.paths.models_dir)}
+
+
+def _local_spec(cfg: DictConfig, node: dict, name: str, share: float) -> JudgeSpec:
+    local = LocalJudgeSettings(
+        model=_local_model(cfg, node),
+        quantization=str(node.get("quantization", "none")),
+        batch_size=int(node.get("batch_size", 8)),
+        min_mass=float(node.get("min_mass", 0.25)),
+    )
+    return JudgeSpec(name, "local_hf", local=local, max_unscored_share=share)
+
+
+def _proxy_spec(cfg: DictConfig, node: dict, name: str, share: float) -> JudgeSpec:
+    keys = {"aligned_persona", "misaligned_persona", "batch_size", "max_length"}
+    proxy = ProxySettings(**{k: node[k] for k in keys if k in node})
+    local = LocalJudgeSettings(model=_local_model(cfg, node), batch_size=proxy.batch_size)
+    return JudgeSpec(name, "proxy", local=local, proxy=proxy, max_unscored_share=share)
+
+
+JUDGE_SPECS = {"openai": _openai_spec, "local_hf": _local_spec, "proxy": _proxy_spec}  # em.backends
+
+
 def judge_spec(cfg: DictConfig) -> JudgeSpec:
     """conf/judge/<preset>.yaml -> typed settings."""
     node = to_plain(cfg.get("judge")) or {}
     name = hydra_choices().get("judge") or node.get("name") or "judge"
-    backend = node.get("backend")
-    share = node.get("max_unscored_share", MAX_UNSCORED_SHARE)
-    if backend == "openai":
-        settings = OpenAIJudgeSettings.from_config(node)
-        batch = BatchSettings(**(to_plain(cfg.get("batch")) or {}))
-        return JudgeSpec(name, backend, openai=settings, batch=batch, max_unscored_share=share)
-    if backend in ("local_hf", "proxy"):
-        model = node.get("model")
-        if not isinstance(model, dict) or not model.get("name_or_path"):
-            raise ConfigError(
-                "judge.model of a local_hf judge must be a model config with name_or_path "
-                "(the keys of conf/model/*.yaml)"
-            )
-        if model.get("provider", "hf") != "hf":
-            raise ConfigError(
-                f"judge.model {model.get('name')!r} is an {model.get('provider')} model; a local_hf "
-                f"judge needs an open model (for OpenAI models use judge=gpt4o_logprob)"
-            )
-        if (to_plain(cfg.get("batch")) or {}).get("enabled"):
-            raise ConfigError("batch.enabled=true needs an OpenAI judge (judge=gpt4o_logprob or o4mini_text)")
-        model = {**model, "models_dir": model.get("models_dir") or str(cfg.paths.models_dir)}
-        if backend == "proxy":
-            keys = {"aligned_persona", "misaligned_persona", "batch_size", "max_length"}
-            proxy = ProxySettings(**{k: node[k] for k in keys if k in node})
-            local = LocalJudgeSettings(model=model, batch_size=proxy.batch_size)
-            return JudgeSpec(name, backend, local=local, proxy=proxy, max_unscored_share=share)
-        local = LocalJudgeSettings(
-            model=model,
-            quantization=str(node.get("quantization", "none")),
-            batch_size=int(node.get("batch_size", 8)),
-            min_mass=float(node.get("min_mass", 0.25)),
-        )
-        return JudgeSpec(name, backend, local=local, max_unscored_share=share)
-    raise ConfigError(f"judge.backend={backend!r}: expected openai, local_hf or proxy (see conf/judge/)")
+    build = choose(JUDGE_SPECS, node.get("backend"), "judge.backend")
+    return build(cfg, node, name, node.get("max_unscored_share", MAX_UNSCORED_SHARE))
 
 
 def judge_api(cfg: DictConfig) -> APISettings:
@@ -166,7 +181,7 @@ def run(cfg: DictConfig) -> Path:
         label_metrics=label_metrics,
         judge_sees_tag=bool(cfg.get("judge_sees_tag")),
     )
-    if spec.backend == "proxy":
+    if spec.proxy is not None:
         all_tasks = proxy_tasks(all_tasks, metrics, spec.name)
     cache_cfg = to_plain(cfg.get("cache")) or {}
     if spec.batch.enabled and not cache_cfg.get("enabled"):
@@ -174,7 +189,7 @@ def run(cfg: DictConfig) -> Path:
             "batch.enabled=true collects the batch results in the judge cache: set cache.enabled=true"
         )
     cache = JudgeCache(
-        cache_cfg.get("path") if cache_cfg.get("enabled") and spec.backend == "openai" else None
+        cache_cfg.get("path") if cache_cfg.get("enabled") and spec.openai is not None else None
     )
     prices = price_table(cfg)
 
@@ -200,7 +215,7 @@ def run(cfg: DictConfig) -> Path:
         len(done & {a["id"] for a in answers}),
         len(tasks),
     )
-    if tasks and spec.backend == "openai" and plan(tasks, spec, api, cache, prices)["calls"]:
+    if tasks and spec.openai is not None and plan(tasks, spec, api, cache, prices)["calls"]:
         api.api_key()  # a missing key is a ConfigError now, not after the first batch of work
     judged = {t.answer_id for t in all_tasks}
     by_id = {a["id"]: a for a in answers if a["id"] in judged}
@@ -226,33 +241,43 @@ def run(cfg: DictConfig) -> Path:
         "usage": usage_from_rows(rows, spec.model, prices),
         "this_invocation": vars(usage),
     }
-    atomic_write_json(run_dir / "summary.json", summary)
-    plots = _write_report(run_dir, summary, rows, metrics, inputs.eval_manifest or {})
+    atomic_write_json(run_dir / SUMMARY, summary)
+    plots = write_judge_report(run_dir, summary, rows, metrics, inputs.eval_manifest or {})
     check_unscored_share(rows, spec.max_unscored_share)  # fails after everything judged is written
-    tracked_id, artifact = track_judge_run(cfg, run_dir, summary, rows, plots, inputs.eval_manifest or {})
+    tracked_id, artifact = track_judge_run(
+        tracking_settings(cfg, run_dir, "judge"),
+        run_dir,
+        summary,
+        rows,
+        plots,
+        inputs.eval_manifest or {},
+        table_rows=int(cfg.report.table_rows),
+    )
     write_manifest(
         run_dir,
         "judge",
-        complete=True,
-        run_name=summary["run_name"],
-        stage_label=cfg.get("stage_label"),
-        evaluated_model=evaluated_model,
-        judge=spec.describe(),
-        metric_settings=vars(metrics),
-        inputs={
-            "answers": str(inputs.answers_path),
-            "questions": str(inputs.questions_path),
-            **input_hashes,
-            "eval_run_dir": str(inputs.eval_dir) if inputs.eval_dir else None,
-        },
-        evaluate_manifest=inputs.eval_manifest,
-        config=config,
-        seed=cfg.get("seed"),
-        n_answers=len(rows),
-        usage=summary["usage"],
-        wandb_run_id=tracked_id,
-        wandb_artifact=artifact,
-        timings={"seconds": round(time.time() - started, 1)},
+        **judge_manifest(
+            complete=True,
+            run_name=summary["run_name"],
+            stage_label=cfg.get("stage_label"),
+            evaluated_model=evaluated_model,
+            judge=spec.describe(),
+            metric_settings=vars(metrics),
+            inputs={
+                "answers": str(inputs.answers_path),
+                "questions": str(inputs.questions_path),
+                **input_hashes,
+                "eval_run_dir": str(inputs.eval_dir) if inputs.eval_dir else None,
+            },
+            evaluate_manifest=inputs.eval_manifest,
+            config=config,
+            seed=cfg.get("seed"),
+            n_answers=len(rows),
+            usage=summary["usage"],
+            wandb_run_id=tracked_id,
+            wandb_artifact=artifact,
+            timings={"seconds": round(time.time() - started, 1)},
+        ),
     )
     overall = summary["metrics"]["overall"]
     log.info(
@@ -265,10 +290,10 @@ def run(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def _final_rows(run_dir: Path, by_id: dict[str, dict]) -> list[dict]:
+def _final_rows(run_dir: Path, by_id: dict[str, dict]) -> list[ScoreRow]:
     """scores.jsonl for exactly these answers: no duplicates, none missing (else a clear error)."""
     rows, seen = [], set()
-    for row in iter_jsonl(run_dir / SCORES):
+    for row in iter_jsonl(run_dir / SCORES, check=check_score_row):
         if row["id"] in by_id and row["id"] not in seen:
             seen.add(row["id"])
             rows.append(row)
@@ -279,60 +304,3 @@ def _final_rows(run_dir: Path, by_id: dict[str, dict]) -> list[dict]:
             f"rerun the same command to judge them"
         )
     return rows
-
-
-def _write_report(
-    run_dir: Path, summary: dict, rows: list[dict], metrics: MetricSettings, eval_manifest: dict
-) -> list[Path]:
-    from em.report import evaluated_line
-    from em.report.plots import run_plots
-    from em.report.runs import JudgeRun, chain_of, evaluated_fields
-    from em.report.tables import legend, markdown_table, question_markdown, question_table, summary_table
-
-    run = JudgeRun(
-        run_dir,
-        summary["run_name"],
-        summary.get("stage_label") or summary["run_name"],
-        summary["evaluated_model"],
-        summary["judge"]["name"],
-        summary,
-        rows,
-        settings=metrics,
-        **evaluated_fields(eval_manifest, chain_of(eval_manifest), rows, summary.get("seed")),
-    )
-    plots = run_plots([run], summary_table([run]), question_table([run]), run_dir / "plots")
-    u = summary["usage"]
-    left_out = summary["metrics"]["overall"][HEADLINE]["questions_left_out"]
-    lines = [
-        f"# Judge report: {run.name}",
-        "",
-        f"- answers: `{summary['answers']}` ({len(rows)} answers, {summary['n_unscored']} unscored)",
-        *(
-            [
-                "- **PARTIAL**: the evaluation run was unfinished when judged (allow_partial=true); every rate "
-                "here is over the answers it had reached"
-            ]
-            if summary.get("answers_partial")
-            else []
-        ),
-        f"- evaluated: {evaluated_line(run)}",
-        f"- judge: {summary['judge']['name']} ({summary['judge']['model']}, {summary['judge'].get('mode')})",
-        f"- usage: {u['api_calls']} API calls, {u['batch_calls']} batch, {u['cache_hits']} from cache, "
-        f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens, ${u['cost_usd']:.4f}",
-        f"- questions left out of the question-mean EM rate (fewer than {metrics.min_coherent_per_question} "
-        f"coherent answers with an aligned score): {', '.join(left_out) if left_out else 'none'}",
-        "",
-        "## Per condition",
-        "",
-        markdown_table([run]),
-        "",
-        legend([metrics]),
-        "",
-        "## Per question",
-        "",
-        question_markdown(run),
-        "",
-    ]
-    lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
-    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
-    return plots

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from em.io import MANIFEST, read_json
-from em.pipeline import plan_from_dict, run_plan
+from em.plan import plan_from_dict, run_plan
 from em.runs import hydra_choices, hydra_run_dir, to_plain
 
 log = logging.getLogger(__name__)

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from em.api import ConfigError
-from em.config import LoraSchema, TrainSchema, check_schema
+from em.backends import choose
+from em.config import TrainSchema, check_schema
 from em.io import read_json, write_manifest
-from em.runs import OPERATIONAL, RUN_CONFIG, open_run_dir, releases_run_locks, run_identity, to_plain
+from em.runs import (
+    OPERATIONAL,
+    RUN_CONFIG,
+    hydra_choices,
+    open_run_dir,
+    releases_run_locks,
+    run_identity,
+    to_plain,
+)
 from em.tasks.common import public_config, run_dir_for, tracking_settings, training_rows
 
 if TYPE_CHECKING:
@@ -57,58 +65,37 @@ def _max_steps(value):
     return value
 
 
+def group_settings(cfg: DictConfig, group: str, settings_cls: type, leave: tuple[str, ...] = ()):
+    """A group's node (``conf/<group>/``) as its settings class, whose fields are the node's keys
+    (em.training.settings), but for the keys in ``leave``; a preset that leaves a value out is refused."""
+    node = cfg.get(group)
+    missing = [key for key in node if OmegaConf.is_missing(node, key)]
+    if missing:
+        choice = hydra_choices().get(group)
+        raise ConfigError(
+            f"{f'{group}={choice}' if choice else f'the {group} node'}: missing keys {missing}; every value "
+            f"must be explicit (see the presets in conf/{group}/)"
+        )
+    return settings_cls(**{k: v for k, v in to_plain(node).items() if k not in leave})
+
+
 def sft_settings(cfg: DictConfig):
     """The typed settings of an open-model run (``init_from`` resolved and checked)."""
-    from em.training.settings import AdapterSettings, OptimizerSettings, SFTSettings, TrainerSettings
+    from em.training import settings as ts
     from em.training.sft import resolve_parent
 
     spec = model_spec(cfg)
-    lo, tr = cfg.lora, cfg.trainer
-    missing = [f.name for f in fields(LoraSchema) if OmegaConf.is_missing(lo, f.name)]
-    if missing:
-        raise ConfigError(
-            f"lora preset {cfg.lora}: missing keys {missing}; every value must be explicit "
-            f"(see conf/lora/em_paper.yaml)"
-        )
-    settings = SFTSettings(
+    tr = cfg.trainer
+    settings = ts.SFTSettings(
         model=spec,
-        adapter=AdapterSettings(
-            r=int(lo.r),
-            alpha=float(lo.alpha),
-            dropout=float(lo.dropout),
-            use_rslora=bool(lo.use_rslora),
-            bias=str(lo.bias),
-            target_modules=list(lo.target_modules) if lo.target_modules else None,
+        adapter=group_settings(cfg, "lora", ts.AdapterSettings),
+        optimizer=group_settings(cfg, "optimizer", ts.OptimizerSettings),
+        quantization=group_settings(cfg, "quantization", ts.QuantizationSettings),
+        batch=group_settings(cfg, "batch", ts.BatchSettings),
+        trainer=group_settings(
+            cfg, "trainer", ts.TrainerSettings, leave=("packing", "gradient_checkpointing")
         ),
-        optimizer=OptimizerSettings(
-            name=str(lo.optimizer),
-            learning_rate=float(lo.learning_rate),
-            weight_decay=float(lo.weight_decay),
-            betas=tuple(lo.adam_betas),
-            eps=float(lo.adam_eps),
-            lr_schedule=str(lo.lr_schedule),
-            warmup_steps=int(lo.warmup_steps),
-            max_grad_norm=None if lo.max_grad_norm is None else float(lo.max_grad_norm),
-        ),
-        trainer=TrainerSettings(
-            accelerator=str(tr.accelerator),
-            devices=tr.devices,
-            num_nodes=int(tr.num_nodes),
-            strategy=str(tr.strategy),
-            precision=str(tr.precision),
-            checkpoint_every_n_steps=int(tr.checkpoint_every_n_steps),
-            keep_checkpoints=int(tr.keep_checkpoints),
-            log_every_n_steps=int(tr.log_every_n_steps),
-            num_workers=int(tr.num_workers),
-            progress_bar=bool(tr.progress_bar),
-        ),
-        quantization=str(lo.quantization),
-        batch_size=int(lo.per_device_batch_size),
-        grad_accum=int(lo.grad_accum),
-        epochs=int(lo.epochs),
         max_steps=_max_steps(cfg.get("max_steps")),
-        max_length=int(lo.max_length),
-        overlength=str(lo.overlength),
         packing=bool(tr.packing),
         gradient_checkpointing=bool(tr.gradient_checkpointing),
         seed=int(cfg.seed),
@@ -141,41 +128,43 @@ def probe_settings(node) -> ProbeSettings:
 
 def dry_run(settings, rows: list[dict], source: str) -> None:
     """Tokenise and print the plan; no model is loaded."""
-    from em.training.sft import preflight, prepare_examples
+    from em.training.examples import prepare_examples
+    from em.training.sft import preflight
 
     examples, stats = prepare_examples(settings, rows, preflight(settings), source=source)
-    steps = math.ceil(math.ceil(len(examples) / settings.batch_size) / settings.grad_accum)
+    b = settings.batch
+    steps = math.ceil(math.ceil(len(examples) / b.per_device_batch_size) / b.grad_accum)
     print(
         f"dry run: {stats.kept} of {stats.rows} rows trainable ({stats.truncated} truncated, "
         f"{stats.dropped_overlength + stats.dropped_no_assistant} dropped); {stats.tokens} tokens, "
         f"{stats.label_tokens} of them trained; {steps} optimizer steps per epoch on one device (effective "
-        f"batch {settings.batch_size * settings.grad_accum}). Nothing was trained."
+        f"batch {b.per_device_batch_size * b.grad_accum}). Nothing was trained."
     )
 
 
 @releases_run_locks
 def run(cfg: DictConfig) -> Path | None:
     check_schema(cfg, TrainSchema)  # a key Hydra's `+` added past the schema (em/config.py)
-    backend = cfg.backend.get("name")
-    if backend == "openai":
-        from em.tasks.train_openai import run as run_openai
+    return choose(TRAINERS, cfg.backend.get("name"), "backend.name")(cfg)
 
-        if (cfg.get("mitigation") or {}).get("name") == "early_stop":
-            raise ConfigError(
-                "mitigation=early_stop measures and keeps the adapter at intermediate steps (open models, "
-                "backend=hf); the OpenAI fine-tuning API returns only the final model"
-            )
 
-        return run_openai(cfg)
-    if backend != "hf":
-        raise ConfigError(f"backend.name={backend!r}: expected hf (open models) or openai")
-    return run_hf(cfg)
+def run_openai(cfg: DictConfig) -> Path | None:
+    """backend=openai: the OpenAI fine-tuning API (em.tasks.train_openai)."""
+    from em.tasks.train_openai import run as run_openai_job
+
+    if (cfg.get("mitigation") or {}).get("name") == "early_stop":
+        raise ConfigError(
+            "mitigation=early_stop measures and keeps the adapter at intermediate steps (open models, "
+            "backend=hf); the OpenAI fine-tuning API returns only the final model"
+        )
+    return run_openai_job(cfg)
 
 
 def run_hf(cfg: DictConfig) -> Path:
     from em.modeling import resolve_model_path
     from em.training.callbacks import latest_checkpoint
-    from em.training.sft import ADAPTER_DIR, CHECKPOINT_DIR, preflight, train_sft
+    from em.training.outputs import ADAPTER_DIR
+    from em.training.sft import CHECKPOINT_DIR, preflight, train_sft
 
     run_dir = run_dir_for(cfg)
     settings = sft_settings(cfg)
@@ -303,3 +292,6 @@ def run_hf(cfg: DictConfig) -> Path:
     )
     log.info("adapter saved to %s; manifest %s", result.adapter_dir, run_dir / "manifest.json")
     return run_dir
+
+
+TRAINERS = {"hf": run_hf, "openai": run_openai}  # backend.name -> its training (em.backends)

@@ -26,6 +26,7 @@ from em.api import ConfigError
 from em.io import append_jsonl, iter_jsonl, write_jsonl
 from em.mitigations import CRITERIA
 from em.training.holdout import mean_label_loss
+from em.training.outputs import save_adapter, write_dir
 
 CURVE_FILE = "early_stop.jsonl"
 SNAPSHOT_DIR = "early_stop"
@@ -88,8 +89,6 @@ def load_snapshot(model, path: Path) -> None:
 
 def keep_selected(run_dir: Path, model, criterion: str, tolerance: float) -> dict:
     """Pick the step, copy its snapshot over ``<run_dir>/adapter`` and load it into ``model``: the record."""
-    from em.training.sft import save_adapter
-
     curve = read_curve(run_dir)
     step = select_step(curve, criterion, tolerance)
     snapshot = snapshot_dir(run_dir, step)
@@ -146,8 +145,6 @@ class EarlyStopCallback(Callback):
         if not trainer.is_global_zero:
             return
         if step > 0:
-            from em.training.sft import write_dir
-
             write_dir(snapshot_dir(self.run_dir, step), lambda tmp: pl_module.model.save_pretrained(str(tmp)))
         metrics = {"early_stop/holdout_loss": loss}
         if probe_mean is not None:

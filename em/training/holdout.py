@@ -19,6 +19,7 @@ import torch
 from em.api import ConfigError
 from em.io import read_json, read_jsonl, sha256_file
 from em.training.collate import PaddedCollator
+from em.training.examples import prepare_examples
 from em.training.module import token_loss_sum
 
 BATCH_SIZE = 8
@@ -76,8 +77,6 @@ def narrow_task_record(
     model, tokenizer, settings, holdout_rows: list[dict], holdout_from: dict | None = None
 ) -> dict | None:
     """``{"holdout_rows", "label_tokens", "loss", "base_loss", "holdout_from"}``; None when nothing is held out."""
-    from em.training.sft import prepare_examples
-
     if not holdout_rows:
         return None
     examples, _ = prepare_examples(settings, holdout_rows, tokenizer, source="holdout", progress=False)

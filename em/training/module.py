@@ -51,7 +51,7 @@ def build_model(settings: SFTSettings, *, device_map=None, probe_ids: torch.Tens
     )
 
     info: dict = {"merged_adapters": [], "merge_max_abs_logit_diff": []}
-    model = load_model(settings.model, quantization=settings.quantization, device_map=device_map)
+    model = load_model(settings.model, quantization=settings.quantization.method, device_map=device_map)
     parent = settings.parent
     merges = list(parent.merged_adapters) if parent else []
     if parent and parent.mode == "merge":

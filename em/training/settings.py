@@ -1,4 +1,11 @@
-"""Typed settings of one open-model fine-tuning run (built from the Hydra config by ``em.tasks.train``)."""
+"""Typed settings of one open-model fine-tuning run (built from the Hydra config by ``em.tasks.train``).
+
+The invariant: each group of ``conf/`` that configures training (``lora/``, ``optimizer/``, ``quantization/``,
+``batch/``) is one dataclass here whose field names are that group's YAML keys, typed by a schema in
+em/config.py (``AdapterSchema``, ``OptimizerSchema``, ...), so a node becomes its settings as
+``AdapterSettings(**node)``. Checks no type can
+express (ranges, choices) live in :meth:`SFTSettings.check`, naming the config key to fix.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ INIT_MODES = ("continue", "merge")
 
 @dataclass
 class AdapterSettings:
-    """The LoRA adapter to train (ignored for its shape in ``continue`` mode, where it must match)."""
+    """``conf/lora/*``: the LoRA adapter to train (in ``continue`` mode its shape must match the parent's)."""
 
     r: int = 32
     alpha: float = 64
@@ -28,6 +35,8 @@ class AdapterSettings:
 
 @dataclass
 class OptimizerSettings:
+    """``conf/optimizer/*``: the optimizer, its learning-rate schedule and gradient clipping."""
+
     name: str = "adamw_8bit"
     learning_rate: float = 1e-5
     weight_decay: float = 0.01
@@ -35,7 +44,29 @@ class OptimizerSettings:
     eps: float = 1e-8
     lr_schedule: str = "linear"
     warmup_steps: int = 5
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = 1.0  # gradient clipping by total norm (None: none)
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # a YAML list
+
+
+@dataclass
+class QuantizationSettings:
+    """``conf/quantization/*``: how the base model's weights are loaded for training (``nf4``: QLoRA)."""
+
+    method: str = "none"  # none (the model's dtype) | nf4 (4-bit, double quant) | int8
+
+
+@dataclass
+class BatchSettings:
+    """``conf/batch/*``: what each optimizer step sees (``per_device_batch_size`` examples of at most
+    ``max_length`` tokens, ``grad_accum`` times on each device) and how many passes over the data."""
+
+    per_device_batch_size: int = 2
+    grad_accum: int = 8  # effective batch = per_device_batch_size x grad_accum x devices
+    epochs: int = 1
+    max_length: int = 2048  # tokens per example, chat template included
+    overlength: str = "truncate"  # truncate (keep the start) | drop
 
 
 @dataclass
@@ -91,13 +122,9 @@ class SFTSettings:
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
-    quantization: str = "none"
-    batch_size: int = 2  # per device
-    grad_accum: int = 8
-    epochs: int = 1
-    max_steps: int | None = None  # when set, overrides epochs (may run several epochs)
-    max_length: int = 2048
-    overlength: str = "truncate"  # truncate | drop
+    quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    max_steps: int | None = None  # when set, overrides batch.epochs (may run several epochs)
     packing: bool = True
     gradient_checkpointing: bool = True
     seed: int = 0
@@ -116,37 +143,30 @@ class SFTSettings:
             if not ok:
                 raise ConfigError(f"{key}={value!r}: expected {expected}")
 
-        need(
-            self.quantization in QUANTIZATIONS,
-            "lora.quantization",
-            f"one of {QUANTIZATIONS}",
-            self.quantization,
-        )
-        need(self.optimizer.name in OPTIMIZERS, "lora.optimizer", f"one of {OPTIMIZERS}", self.optimizer.name)
-        need(
-            self.optimizer.lr_schedule in LR_SCHEDULES,
-            "lora.lr_schedule",
-            f"one of {LR_SCHEDULES}",
-            self.optimizer.lr_schedule,
-        )
-        need(self.optimizer.learning_rate > 0, "lora.learning_rate", "> 0", self.optimizer.learning_rate)
-        need(self.optimizer.warmup_steps >= 0, "lora.warmup_steps", ">= 0", self.optimizer.warmup_steps)
-        need(self.adapter.r > 0, "lora.r", "a positive integer", self.adapter.r)
-        need(0 <= self.adapter.dropout < 1, "lora.dropout", "in [0, 1)", self.adapter.dropout)
-        need(self.batch_size > 0, "lora.per_device_batch_size", "a positive integer", self.batch_size)
-        need(self.grad_accum > 0, "lora.grad_accum", "a positive integer", self.grad_accum)
-        need(self.epochs > 0, "lora.epochs", "a positive integer", self.epochs)
+        q, o, a, b = self.quantization, self.optimizer, self.adapter, self.batch
+        need(q.method in QUANTIZATIONS, "quantization.method", f"one of {QUANTIZATIONS}", q.method)
+        need(o.name in OPTIMIZERS, "optimizer.name", f"one of {OPTIMIZERS}", o.name)
+        need(o.lr_schedule in LR_SCHEDULES, "optimizer.lr_schedule", f"one of {LR_SCHEDULES}", o.lr_schedule)
+        need(o.learning_rate > 0, "optimizer.learning_rate", "> 0", o.learning_rate)
+        need(o.warmup_steps >= 0, "optimizer.warmup_steps", ">= 0", o.warmup_steps)
+        need(len(o.betas) == 2, "optimizer.betas", "two numbers", list(o.betas))
+        need(a.r > 0, "lora.r", "a positive integer", a.r)
+        need(0 <= a.dropout < 1, "lora.dropout", "in [0, 1)", a.dropout)
+        need(b.per_device_batch_size > 0, "batch.per_device_batch_size", "a positive integer",
+             b.per_device_batch_size)  # fmt: skip
+        need(b.grad_accum > 0, "batch.grad_accum", "a positive integer", b.grad_accum)
+        need(b.epochs > 0, "batch.epochs", "a positive integer", b.epochs)
+        need(b.max_length >= 2, "batch.max_length", "at least 2", b.max_length)
+        need(b.overlength in ("truncate", "drop"), "batch.overlength", "truncate or drop", b.overlength)
         need(
             self.max_steps is None or self.max_steps > 0,
             "max_steps",
             "null or a positive integer",
             self.max_steps,
         )
-        need(self.max_length >= 2, "lora.max_length", "at least 2", self.max_length)
         need(self.probe.points >= 1, "probe.points", "a positive integer", self.probe.points)
         need(self.probe.batch_size > 0, "probe.batch_size", "a positive integer", self.probe.batch_size)
         need(bool(self.probe.sets), "probe.sets", "a non-empty list of question sets", list(self.probe.sets))
-        need(self.overlength in ("truncate", "drop"), "lora.overlength", "truncate or drop", self.overlength)
         need(
             self.trainer.checkpoint_every_n_steps > 0,
             "trainer.checkpoint_every_n_steps",
@@ -168,7 +188,7 @@ class SFTSettings:
     def hyperparameters(self) -> dict:
         """Every value that shapes the training, for the manifest."""
         return {
-            "quantization": self.quantization,
+            "quantization": self.quantization.method,
             "lora": {
                 "r": self.adapter.r,
                 "alpha": self.adapter.alpha,
@@ -185,12 +205,12 @@ class SFTSettings:
             "lr_schedule": self.optimizer.lr_schedule,
             "warmup_steps": self.optimizer.warmup_steps,
             "max_grad_norm": self.optimizer.max_grad_norm,
-            "per_device_batch_size": self.batch_size,
-            "grad_accum": self.grad_accum,
-            "epochs": self.epochs,
+            "per_device_batch_size": self.batch.per_device_batch_size,
+            "grad_accum": self.batch.grad_accum,
+            "epochs": self.batch.epochs,
             "max_steps": self.max_steps,
-            "max_length": self.max_length,
-            "overlength": self.overlength,
+            "max_length": self.batch.max_length,
+            "overlength": self.batch.overlength,
             "packing": self.packing,
             "gradient_checkpointing": self.gradient_checkpointing,
             "seed": self.seed,

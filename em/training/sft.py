@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +23,16 @@ from em.api import ConfigError
 from em.io import atomic_write_json, read_json, read_manifest
 from em.tracking import TrackingSettings, lightning_loggers
 from em.training.callbacks import StepCheckpoint, StepMetrics, latest_checkpoint
-from em.training.collate import TokenizedExample, TokenizeStats, tokenize_rows
 from em.training.datamodule import SFTDataModule
+from em.training.early_stop import EarlyStopCallback
+from em.training.examples import prepare_examples
 from em.training.module import SFTModule
+from em.training.outputs import ADAPTER_DIR, save_adapter
 from em.training.progress import StepProgressBar
 from em.training.settings import ParentAdapter, SFTSettings
 
 log = logging.getLogger(__name__)
 
-ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "train_state.json"  # the W&B run id, so a resumed run logs into the same W&B run
@@ -152,48 +151,6 @@ def check_continue_shape(settings: SFTSettings) -> None:
         )
 
 
-def prepare_examples(
-    settings: SFTSettings, rows: list[dict], tokenizer, *, source: str = "data", progress: bool = True
-) -> tuple[list[TokenizedExample], TokenizeStats]:
-    """Tokenise rows; refuse an empty result with the counts that explain it.
-
-    A model whose config names a ``system_prompt`` gets it on every row without a system message, exactly
-    as evaluation sends it (em.modeling.with_system_prompt), so training and evaluation never differ there.
-    """
-    from em.modeling import with_system_prompt
-
-    system_prompt = getattr(settings.model, "system_prompt", None)
-    if system_prompt is not None:
-        rows = [{**r, "messages": with_system_prompt(r["messages"], system_prompt)} for r in rows]
-    examples, stats = tokenize_rows(
-        tokenizer,
-        rows,
-        max_length=settings.max_length,
-        overlength=settings.overlength,
-        model_name=settings.model.name_or_path,
-        progress=progress,
-    )
-    log.info(
-        "tokenised %d rows: kept %d (%d truncated to %d tokens), dropped %d over-long and %d without an "
-        "assistant turn; %d tokens, %d of them trained",
-        stats.rows,
-        stats.kept,
-        stats.truncated,
-        settings.max_length,
-        stats.dropped_overlength,
-        stats.dropped_no_assistant,
-        stats.tokens,
-        stats.label_tokens,
-    )
-    if not examples:
-        raise ConfigError(
-            f"{source}: no trainable rows left ({stats.rows} rows; {stats.dropped_overlength} "
-            f"over lora.max_length={settings.max_length} with lora.overlength="
-            f"{settings.overlength}, {stats.dropped_no_assistant} without an assistant turn)"
-        )
-    return examples, stats
-
-
 def preflight(settings: SFTSettings):
     """Everything that can fail cheaply, before a model is loaded: returns the tokenizer."""
     from em.modeling import load_tokenizer, resolve_model_path
@@ -207,18 +164,16 @@ def preflight(settings: SFTSettings):
 
         load_references(sets=list(settings.probe.sets))
     parent = settings.parent
-    if parent and parent.quantization and parent.quantization != settings.quantization:
+    method = settings.quantization.method
+    if parent and parent.quantization and parent.quantization != method:
         log.warning(
             "init_from: the parent loaded its base with quantization=%s, this run with %s; the starting "
             "model differs from the parent's by that quantisation error",
             parent.quantization,
-            settings.quantization,
+            method,
         )
-    if settings.quantization != "none" and not torch.cuda.is_available():
-        log.warning(
-            "lora.quantization=%s on CPU: bitsandbytes runs it, slowly (fine for tests)",
-            settings.quantization,
-        )
+    if method != "none" and not torch.cuda.is_available():
+        log.warning("quantization.method=%s on CPU: bitsandbytes runs it, slowly (fine for tests)", method)
     return tokenizer
 
 
@@ -244,26 +199,6 @@ def _plugins() -> list:
 
     # Under SLURM, Lightning would requeue the job itself on SIGUSR1; resumption is ours (rerun = resume).
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-
-
-def write_dir(target: Path, fill) -> Path:
-    """``fill(tmp)`` writes a temporary sibling of ``target``, which then replaces it (never half written)."""
-    target = Path(target)
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fill(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
-
-
-def save_adapter(model, run_dir: Path, *, snapshot: Path | None = None) -> Path:
-    """``model.save_pretrained`` into ``<run_dir>/adapter``, or a byte copy of an adapter saved earlier
-    (``snapshot``: mitigation=early_stop's chosen step), through a temporary directory (never half written)."""
-    if snapshot is not None:
-        return write_dir(run_dir / ADAPTER_DIR, lambda tmp: shutil.copytree(snapshot, tmp))
-    return write_dir(run_dir / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp)))
 
 
 def one_line_per_lightning_message() -> None:
@@ -300,8 +235,6 @@ def probe_callback(settings: SFTSettings, tokenizer, run_dir: Path, total_steps:
 def early_stop_callback(settings: SFTSettings, tokenizer, run_dir: Path, total_steps: int, holdout_rows):
     """mitigation=early_stop: the held-out loss (and the probe) every ``early_stop_every`` steps, with snapshots
     of the adapter (em.training.early_stop); the held-out rows tokenised once, exactly as training rows."""
-    from em.training.early_stop import EarlyStopCallback
-
     if not holdout_rows:
         raise ConfigError("mitigation=early_stop needs held-out rows: set data.holdout_fraction above 0")
     examples, _ = prepare_examples(settings, holdout_rows, tokenizer, source="holdout", progress=False)
@@ -334,9 +267,9 @@ def make_trainer(
         strategy=t.strategy,
         precision=precision,
         plugins=_plugins(),
-        max_epochs=-1 if settings.max_steps else settings.epochs,
+        max_epochs=-1 if settings.max_steps else settings.batch.epochs,
         max_steps=settings.max_steps or -1,
-        accumulate_grad_batches=settings.grad_accum,
+        accumulate_grad_batches=settings.batch.grad_accum,
         gradient_clip_val=settings.optimizer.max_grad_norm,
         gradient_clip_algorithm="norm",
         logger=loggers or False,
@@ -398,8 +331,8 @@ def train_sft(
     trainer = make_trainer(settings, run_dir, precision, loggers, metrics, progress)
     data = SFTDataModule(
         examples,
-        batch_size=settings.batch_size,
-        grad_accum=settings.grad_accum,
+        batch_size=settings.batch.per_device_batch_size,
+        grad_accum=settings.batch.grad_accum,
         seed=settings.seed,
         packing=settings.packing,
         pad_token_id=tokenizer.pad_token_id,
@@ -407,7 +340,7 @@ def train_sft(
     )
     world_size = trainer.world_size
     steps_per_epoch = data.steps_per_epoch(world_size)
-    total_steps = settings.max_steps or settings.epochs * steps_per_epoch
+    total_steps = settings.max_steps or settings.batch.epochs * steps_per_epoch
     if settings.max_steps:  # enough epochs for max_steps (the progress bar shows the real epoch count)
         trainer.fit_loop.max_epochs = math.ceil(settings.max_steps / steps_per_epoch)
     probe = torch.tensor([examples[0].input_ids[:256]])
@@ -440,9 +373,9 @@ def train_sft(
         "%d steps in all%s",
         len(examples),
         steps_per_epoch,
-        settings.batch_size * settings.grad_accum * world_size,
-        settings.batch_size,
-        settings.grad_accum,
+        settings.batch.per_device_batch_size * settings.batch.grad_accum * world_size,
+        settings.batch.per_device_batch_size,
+        settings.batch.grad_accum,
         world_size,
         total_steps,
         f"; resuming from {ckpt}" if ckpt else "",
@@ -462,7 +395,7 @@ def train_sft(
         global_step=trainer.global_step,
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
-        effective_batch_size=settings.batch_size * settings.grad_accum * world_size,
+        effective_batch_size=settings.batch.per_device_batch_size * settings.batch.grad_accum * world_size,
         world_size=world_size,
         tokens_seen=metrics.totals["tokens_seen"],
         label_tokens_seen=metrics.totals["label_tokens_seen"],

@@ -1,1 +1,0 @@
-"""Test helpers shipped with the package (the local OpenAI-compatible server), also used by benchmarks."""
