@@ -17,7 +17,7 @@ from typing import Any
 
 from em.api import ConfigError
 from em.io import atomic_write_json, read_json, sha256_file
-from em.runs import OPERATIONAL, VOLATILE_KEYS, run_identity
+from em.runs import OPERATIONAL, VOLATILE_KEYS, is_complete, run_identity
 
 REPO = Path(__file__).resolve().parent.parent
 IDENTITY = "identity.json"  # written by the pipeline into a step's run directory before the step runs
@@ -85,6 +85,15 @@ def store_dir(store: Path, step: str, name: str, key: str) -> Path:
             continue  # a 48-bit prefix collision: keep looking, and never reuse another identity's run
         return existing
     return store / step / f"{name}-{short}"
+
+
+def complete_run(store: Path, step: str, key: str) -> Path | None:
+    """The store's complete run of the identity ``key`` (made by any plan, under any stage name), or None."""
+    for existing in sorted((Path(store) / step).glob(f"*-{key[:SHORT]}")):
+        recorded = existing / IDENTITY
+        if recorded.exists() and read_json(recorded).get("digest") == key and is_complete(existing):
+            return existing
+    return None
 
 
 def record(run_dir: Path, identity: dict, key: str) -> None:

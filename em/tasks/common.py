@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -10,21 +11,54 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from em.api import APISettings, ConfigError
+from em.contracts import MANIFEST, RUN_CONFIG
 from em.io import sha256_file, write_jsonl
-from em.runs import hydra_choices, hydra_run_dir, to_plain
+from em.runs import LOCK, LOCK_HOLDER, hydra_choices, hydra_run_dir, to_plain
 from em.tracking import TrackingSettings, tags_from_choices
 
 log = logging.getLogger(__name__)
 
 
+SHARED_STEPS = ("train", "evaluate", "judge")  # the steps a pipeline keeps in its store (em.identity)
+NOT_LINKED = {".hydra", LOCK, LOCK_HOLDER}  # this command's own files, never a stored run's
+
+
 def run_entry(run, cfg: DictConfig):
-    """Run a task from its command line: bad input (a ConfigError, raised before expensive work) ends the
-    process with exit code 2 and its message alone, not a traceback through Hydra."""
+    """Run a task from its command line: a step the store already holds complete is reused, not computed again
+    (:func:`reuse_stored_run`); bad input (a ConfigError, raised before expensive work) ends the process with
+    exit code 2 and its message alone, not a traceback through Hydra."""
     try:
-        return run(cfg)
+        return reuse_stored_run(cfg) or run(cfg)
     except ConfigError as e:
         print(f"Error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def reuse_stored_run(cfg: DictConfig) -> Path | None:
+    """A hand-typed ``train.py`` / ``evaluate.py`` / ``judge.py`` whose step some pipeline has already run to
+    completion in ``paths.stages_dir`` (same identity: same resolved config and inputs, em.identity): its run
+    directory gets links to that run's files instead of a second computation. None when there is nothing to
+    reuse: no store, a dry run, a run directory with a run of its own, or the stored run is this directory."""
+    from em.identity import complete_run, digest, resolved, step_identity
+
+    step, store = cfg.get("stage"), (cfg.get("paths") or {}).get("stages_dir")
+    if step not in SHARED_STEPS or not store or cfg.get("dry_run"):
+        return None
+    run_dir = hydra_run_dir()
+    if (run_dir / MANIFEST).exists() or (run_dir / RUN_CONFIG).exists():
+        return None  # resumed or finished here: the task itself decides
+    key = digest(step_identity(step, resolved(cfg)))
+    found = complete_run(Path(store), step, key)
+    if found is None or found.resolve() == run_dir.resolve():
+        return None
+    for item in sorted(found.iterdir()):
+        if item.name not in NOT_LINKED and not (run_dir / item.name).exists():
+            (run_dir / item.name).symlink_to(os.path.relpath(item, run_dir))
+    log.info(
+        "%s: the same %s (identity %s) is complete in %s; linked here, nothing computed again",
+        run_dir, step, key[:12], found,
+    )  # fmt: skip
+    return run_dir
 
 
 def api_settings(node: DictConfig | dict | None) -> APISettings:
