@@ -218,25 +218,26 @@ def plan(
     return out
 
 
-def _judge_proxy(run_dir: Path, tasks: list[JudgeTask], spec: JudgeSpec, writer, api, cache) -> Usage:
-    proxy = load_proxy_judge(spec.local.model, spec.proxy)
-    size = spec.proxy.batch_size
+def _in_chunks(tasks: list[JudgeTask], size: int, judgments_of, writer) -> Usage:
+    """A local judge: ``judgments_of(chunk)`` for each ``size`` tasks, written as they come (no API usage)."""
     for start in range(0, len(tasks), size):
         chunk = tasks[start : start + size]
-        found = proxy.judgments([writer.answers[t.answer_id] for t in chunk])
-        for task, judgment in zip(chunk, found, strict=True):
+        for task, judgment in zip(chunk, judgments_of(chunk), strict=True):
             writer.add(task, judgment)
     return Usage()
+
+
+def _judge_proxy(run_dir: Path, tasks: list[JudgeTask], spec: JudgeSpec, writer, api, cache) -> Usage:
+    proxy = load_proxy_judge(spec.local.model, spec.proxy)
+    return _in_chunks(
+        tasks, spec.proxy.batch_size, lambda chunk: proxy.judgments([writer.answers[t.answer_id] for t in chunk]),
+        writer,
+    )  # fmt: skip
 
 
 def _judge_local(run_dir: Path, tasks: list[JudgeTask], spec: JudgeSpec, writer, api, cache) -> Usage:
-    judge = load_local_judge(spec.local)
-    size = spec.local.batch_size
-    for start in range(0, len(tasks), size):
-        chunk = tasks[start : start + size]
-        for task, judgment in zip(chunk, judge.judge(chunk, batch_size=size), strict=True):
-            writer.add(task, judgment)
-    return Usage()
+    judge, size = load_local_judge(spec.local), spec.local.batch_size
+    return _in_chunks(tasks, size, lambda chunk: judge.judge(chunk, batch_size=size), writer)
 
 
 def _judge_openai(run_dir: Path, tasks: list[JudgeTask], spec: JudgeSpec, writer, api, cache) -> Usage:
