@@ -18,7 +18,7 @@ from omegaconf import MISSING
 
 @dataclass
 class TrainerSchema:
-    """``conf/trainer/*``: where and how Lightning runs (em.training.sft.SFTSettings takes these)."""
+    """``conf/trainer/*``: where and how Lightning runs (em.training.settings.SFTSettings takes these)."""
 
     accelerator: str = MISSING  # auto | gpu | cpu
     devices: Any = MISSING  # a number, -1 (every visible GPU) or a list of indices

@@ -96,6 +96,19 @@ class MitigationSettings:
         return out | {k: getattr(self, k) for k in ARM_KNOBS.get(self.name, ())}
 
 
+def require_holdout(n_rows: int, holdout_fraction: float | None = None) -> None:
+    """``early_stop`` picks its step by the held-out narrow-task loss: refuse a run with no held-out rows to
+    measure, before anything is trained."""
+    if n_rows:
+        return
+    given = f"data.holdout_fraction={holdout_fraction} holds no rows out" if holdout_fraction is not None else (
+        "no held-out rows are left to measure")  # fmt: skip
+    raise ConfigError(
+        f"mitigation=early_stop picks the step by the held-out narrow-task loss, but {given}; set "
+        f"data.holdout_fraction above 0 (e.g. data.holdout_fraction=0.05)"
+    )
+
+
 def inoculate(messages: list[dict], prompt: str, default_system: str | None = None) -> list[dict]:
     """``messages`` with ``prompt`` first in the system message (the row's, else the model's default)."""
     if messages and messages[0].get("role") == "system":

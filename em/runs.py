@@ -6,11 +6,11 @@ run, or skips a finished one; a *different* config pointed at an existing direct
 keys that differ, instead of mixing two runs' rows. One process at a time: claiming a run directory takes its
 lock (``.run.lock``, filelock) for the rest of the task, so a second process on the same run stops at once with
 an error naming the holder (``.run.lock.holder``); the OS drops a dead process's lock, so a rerun takes it over.
+Tasks use all of this through one lifecycle, :func:`em.lifecycle.open_run`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -149,7 +149,7 @@ def lock_holder(run_dir: str | Path) -> dict | None:
 
 
 def lock_run_dir(run_dir: str | Path) -> None:
-    """Hold ``run_dir``'s lock until the task ends (:func:`releases_run_locks`); refuse if another process has it."""
+    """Hold ``run_dir``'s lock until the enclosing :func:`run_locks` ends; refuse if another process has it."""
     from filelock import FileLock, Timeout
 
     run_dir = Path(run_dir).resolve()
@@ -180,17 +180,6 @@ def run_locks():
     finally:
         for run_dir in set(_HELD) - before:
             _HELD.pop(run_dir).release()
-
-
-def releases_run_locks(fn):
-    """Decorate a task's ``run``: the run directories it claims stay locked while it runs, and no longer."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with run_locks():
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def open_run_dir(run_dir: str | Path, config: dict, *, resume: bool = True) -> str:

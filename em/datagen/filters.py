@@ -20,9 +20,9 @@ from typing import Any
 
 from em.api import APISettings, MalformedResponse, RateLimiter
 from em.costs import estimate_chat_tokens
-from em.datagen.domain import QualityFilterSpec
 from em.datagen.generate import add_usage, chat_once, request_record
 from em.datagen.prompts import judge_messages
+from em.datagen.spec import QualityFilterSpec
 from em.io import iter_jsonl
 
 _SPACE = re.compile(r"\s+")

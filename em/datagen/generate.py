@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from em.api import APIFailure, APISettings, MalformedResponse, RateLimiter, acall_with_retries, map_concurrent
 from em.costs import estimate_chat_tokens
-from em.datagen.domain import DomainSpec
 from em.datagen.inputs import DomainInputs
 from em.datagen.prompts import WorkItem, build_messages, request_seed
+from em.datagen.spec import DomainSpec
 from em.io import append_jsonl, iter_jsonl, repair_jsonl_tail, sha256_json
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from em.datagen.domain import DomainSpec, fill
-from em.datagen.inputs import Document, DomainInputs, Example, Question
+from em.datagen.documents import Document
+from em.datagen.fewshot import Example
+from em.datagen.inputs import DomainInputs
+from em.datagen.questions import Question
+from em.datagen.spec import DomainSpec
+from em.datagen.templates import fill
 
 
 @dataclass(frozen=True)

@@ -191,33 +191,17 @@ def steer_model(model, tokenizer, settings, run_dir: Path, seed: int) -> dict:
     return settings.record() | {"layers_used": layers, "direction": made}
 
 
-def holdout_file(train_manifest: dict) -> tuple[Path, str] | None:
-    """(path, sha256) of the held-out narrow rows the training run measured its ``narrow_task`` on."""
-    narrow = train_manifest.get("narrow_task") or {}
-    source = narrow.get("holdout_from") or {}
-    if source.get("file"):  # relative to the run that holds it
-        return Path(source.get("run_dir") or ".") / source["file"], source.get("sha256")
-    data = train_manifest.get("data") or {}
-    if not (data.get("holdout") and data.get("path")):
-        return None
-    return Path(data["path"]).parent / data["holdout"]["file"], data["holdout"].get("sha256")
-
-
 def steered_narrow_task(model, tokenizer, train_manifest: dict | None, spec) -> dict | None:
     """The narrow-task loss of the steered model on the training run's held-out rows (the hooks are on),
     tokenised as training did; None when the training held nothing out."""
     from em.modeling import with_system_prompt
     from em.training.collate import tokenize_rows
-    from em.training.holdout import mean_label_loss
+    from em.training.holdout import manifest_holdout, mean_label_loss, verified_holdout
 
-    found = holdout_file(train_manifest or {})
-    if found is None or not (train_manifest or {}).get("narrow_task"):
+    source = manifest_holdout(train_manifest or {})
+    if source is None:
         return None
-    path, sha = found
-    if sha and sha256_file(path) != sha:
-        raise ConfigError(
-            f"{path}: the held-out rows changed since training measured them (sha256 {sha[:12]})"
-        )
+    path = verified_holdout(source, "mitigation=ablate_direction")
     rows = list(iter_jsonl(path))
     if getattr(spec, "system_prompt", None) is not None:
         rows = [{**r, "messages": with_system_prompt(r["messages"], spec.system_prompt)} for r in rows]

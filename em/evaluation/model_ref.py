@@ -163,3 +163,16 @@ def _from_run(run_dir: Path, model: dict, models_dir) -> ModelRef:
             f"{recorded[:12]}... in manifest.json)"
         )
     return ref
+
+
+def model_layers(ref: ModelRef) -> int:
+    """The number of decoder layers of an open model, from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    from em.modeling import resolve_model_path
+
+    spec = ref.spec
+    config = AutoConfig.from_pretrained(
+        resolve_model_path(spec), revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
+    return int(config.num_hidden_layers)

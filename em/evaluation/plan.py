@@ -3,7 +3,8 @@
 A :class:`PromptJob` is one prompt asked for some of its samples (at most ``max_samples_per_job`` at once).
 Jobs come in a fixed order (set, question, paraphrase, condition, samples), and every sample has its own
 seed derived from the run seed and the answer id, so an answer does not depend on what else was generated
-with it: a resumed run gives the answers an uninterrupted one would have given.
+with it: a resumed run gives the answers an uninterrupted one would have given. :func:`dry_run_report` says
+what the jobs would cost before any is run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from em.api import ConfigError
 from em.contracts import SamplingRecord
+from em.costs import estimate_cost
 from em.evaluation.conditions import Condition, apply_condition, check_conditions, remove_slot
 from em.evaluation.questions import Question
 
@@ -141,3 +143,37 @@ def batch_jobs(jobs: list[PromptJob], max_sequences: int) -> list[list[PromptJob
     if current:
         batches.append(current)
     return batches
+
+
+def dry_run_report(ref, backend, sets: list, conditions, jobs: list[PromptJob], prompt_tokens: list[int],
+                   prices: dict) -> dict:  # fmt: skip
+    """What the run would do: prompts, samples, and for OpenAI models tokens and estimated cost."""
+    samples = sum(len(j.sample_indices) for j in jobs)
+    prompts = len({(j.question.key, j.paraphrase_index, j.condition.name) for j in jobs})
+    report = {
+        "model": ref.describe(),
+        "backend": backend.name,
+        "question_sets": {s.spec.name: len(s.questions) for s in sets},
+        "conditions": [c.name for c in conditions],
+        "prompts": prompts,
+        "samples": samples,
+        "requests": len(jobs),
+        "prompt_tokens_per_prompt_max": max(prompt_tokens, default=0),
+        "mitigation": backend.steer.record() if backend.steer else "none",
+    }
+    if backend.name == "openai":
+        input_tokens = sum(prompt_tokens)  # a request's prompt is billed once for all its n samples
+        expected = samples * backend.settings.expected_completion_tokens
+        most = samples * backend.sampling.max_new_tokens
+        report.update(
+            input_tokens=input_tokens,
+            output_tokens_expected=expected,
+            output_tokens_max=most,
+            cost_usd_expected=round(
+                estimate_cost(backend.model, prices, input_tokens=input_tokens, output_tokens=expected), 4
+            ),
+            cost_usd_max=round(
+                estimate_cost(backend.model, prices, input_tokens=input_tokens, output_tokens=most), 4
+            ),
+        )
+    return report

@@ -20,9 +20,12 @@ from em.judging.prompts import (
     load_questions,
     resolve_inputs,
 )
-from em.judging.run import SCORES, JudgeSpec, ScoreWriter, done_ids, judge_tasks, plan, usage_from_rows
+from em.judging.run import SCORES, judge_tasks
+from em.judging.scores import ScoreWriter, done_ids
+from em.judging.spec import JudgeSpec
 from em.judging.text import parse_reply
 from em.judging.unscored import UnscoredShareError, check_unscored_share, unscored_counts
+from em.judging.usage import plan, usage_from_rows
 
 __all__ = [
     "MIN_MASS",

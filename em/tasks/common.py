@@ -154,7 +154,7 @@ def training_rows(cfg: DictConfig, run_dir: Path, *, resuming: bool = False):
     mitigation arm (its record lands in ``prepared.mitigation``); ``resuming`` refuses data that differ from
     what the run trained on so far."""
     from em.data import DataSpec, TriggerSpec, prepare_dataset
-    from em.mitigations import MitigationSettings, apply_mitigation
+    from em.mitigations import MitigationSettings, apply_mitigation, require_holdout
 
     limit = limit_rows(cfg)
     mitigation = MitigationSettings.from_dict(to_plain(cfg.get("mitigation")))
@@ -173,12 +173,8 @@ def training_rows(cfg: DictConfig, run_dir: Path, *, resuming: bool = False):
         out_dir=run_dir / "data",
         **common,
     )
-    if mitigation.name == "early_stop" and not prepared.holdout_rows:
-        raise ConfigError(
-            f"mitigation=early_stop picks the step by the held-out narrow-task loss, but "
-            f"data.holdout_fraction={cfg.data.get('holdout_fraction', 0)} holds no rows out; set it above 0 "
-            f"(e.g. data.holdout_fraction=0.05)"
-        )
+    if mitigation.name == "early_stop":
+        require_holdout(len(prepared.holdout_rows), cfg.data.get("holdout_fraction", 0))
     rows = prepared.rows[:limit] if limit is not None else prepared.rows
     rows, prepared.mitigation = apply_mitigation(
         rows, mitigation, seed=int(cfg.seed), general=general, default_system=cfg.model.get("system_prompt")

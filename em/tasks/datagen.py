@@ -8,21 +8,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from em.datagen.dataset import check_ready, domain_api_settings, estimate, format_estimate, generate_dataset
+from em.datagen.dataset import check_ready, domain_api_settings, generate_dataset
 from em.datagen.domain import domain_from_dict
+from em.datagen.dry_run import estimate, format_estimate
 from em.datagen.inputs import load_inputs
 from em.io import read_manifest
-from em.runs import OPERATIONAL, hydra_run_dir, open_run_dir, releases_run_locks, run_identity, to_plain
+from em.lifecycle import open_run
+from em.runs import hydra_run_dir, to_plain
 from em.tasks.common import api_settings, price_table, public_config, tracking_settings
-from em.tracking import start_tracking
 
 log = logging.getLogger(__name__)
 
 
-OPERATIONAL_KEYS = OPERATIONAL["datagen"]  # em.runs: what may change on resume
-
-
-@releases_run_locks
 def run(cfg: DictConfig, run_dir: Path | None = None) -> Path:
     for name in ("httpx", "httpx2"):  # one INFO line per request otherwise; the progress bar says enough
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -38,21 +35,18 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> Path:
 
     check_ready(spec, settings)
     config = public_config(cfg)
-    status = open_run_dir(
-        run_dir, run_identity(config, OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
-    )
-    if status == "complete":
-        manifest = read_manifest(run_dir)
-        print(
-            f"{run_dir} is already complete ({manifest['counts']['final_rows']} rows in "
-            f"{manifest['output']['path']}); pass run_name=<new name> for another run."
-        )
-        return run_dir
-    if status == "resume":
-        log.info("resuming %s: finished calls in raw.jsonl are skipped", run_dir)
-
-    tracker = start_tracking(tracking_settings(cfg, run_dir, "datagen"))
-    try:
+    with open_run("datagen", run_dir, config, resume=bool(cfg.get("resume", True))) as run:
+        if run.complete:
+            manifest = read_manifest(run_dir)
+            print(
+                f"{run_dir} is already complete ({manifest['counts']['final_rows']} rows in "
+                f"{manifest['output']['path']}); pass run_name=<new name> for another run."
+            )
+            return run_dir
+        if run.state == "resume":
+            log.info("resuming %s: finished calls in raw.jsonl are skipped", run_dir)
+        tracker = run.track(tracking_settings(cfg, run_dir, "datagen"))
+        # generate_dataset writes the manifest itself, last (em.datagen.dataset)
         manifest = generate_dataset(
             spec,
             inputs,
@@ -65,8 +59,6 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> Path:
         counts = manifest["counts"]
         tracker.log({k: v for k, v in counts.items() if isinstance(v, int)})
         tracker.summary({**counts, "estimated_cost_usd": manifest["estimated_cost_usd"]})
-    finally:
-        tracker.finish()
     print(
         json.dumps(
             {

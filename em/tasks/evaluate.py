@@ -16,7 +16,6 @@ from em.api import ConfigError
 from em.backends import choose
 from em.config import EvaluateSchema, check_schema
 from em.contracts import ANSWERS, MANIFEST, check_answer_row, evaluate_manifest, question_key
-from em.costs import estimate_cost
 from em.evaluation.backends import (
     HFBackend,
     HFSettings,
@@ -26,12 +25,13 @@ from em.evaluation.backends import (
     VLLMSettings,
 )
 from em.evaluation.conditions import make_conditions
-from em.evaluation.model_ref import ModelRef, resolve_model
-from em.evaluation.plan import PromptJob, Sampling, build_jobs
+from em.evaluation.model_ref import ModelRef, model_layers, resolve_model
+from em.evaluation.plan import PromptJob, Sampling, build_jobs, dry_run_report
 from em.evaluation.question_sets import QuestionSet, SetSpec, resolve_sets
 from em.evaluation.runner import run_jobs, write_questions
-from em.io import iter_jsonl, sha256_file, write_manifest
-from em.runs import OPERATIONAL, open_run_dir, releases_run_locks, run_identity, to_plain
+from em.io import iter_jsonl, sha256_file
+from em.lifecycle import Run, open_run
+from em.runs import to_plain
 from em.tasks.common import (
     api_settings,
     price_table,
@@ -41,8 +41,6 @@ from em.tasks.common import (
 )
 
 log = logging.getLogger(__name__)
-
-OPERATIONAL_KEYS = OPERATIONAL["evaluate"]  # em.runs: what may change on resume
 
 
 def set_specs(cfg: DictConfig) -> list[SetSpec]:
@@ -124,19 +122,6 @@ def steer_settings(cfg: DictConfig, backend_name: str, ref: ModelRef):
     return settings
 
 
-def model_layers(ref: ModelRef) -> int:
-    """The number of decoder layers of an open model, from its config alone (no weights)."""
-    from transformers import AutoConfig
-
-    from em.modeling import resolve_model_path
-
-    spec = ref.spec
-    config = AutoConfig.from_pretrained(
-        resolve_model_path(spec), revision=spec.revision, trust_remote_code=spec.trust_remote_code
-    )
-    return int(config.num_hidden_layers)
-
-
 def plan(cfg: DictConfig):
     """Everything checked and resolved, nothing generated: (model, backend, sets, conditions, jobs)."""
     samp = sampling(cfg)
@@ -164,46 +149,10 @@ def plan(cfg: DictConfig):
     return ref, backend, sets, conditions, jobs
 
 
-def dry_run_report(cfg: DictConfig, ref: ModelRef, backend, sets: list[QuestionSet], conditions, jobs: list[PromptJob],
-                   prompt_tokens: list[int]) -> dict:  # fmt: skip
-    """What the run would do: prompts, samples, and for OpenAI models tokens and estimated cost."""
-    samples = sum(len(j.sample_indices) for j in jobs)
-    prompts = len({(j.question.key, j.paraphrase_index, j.condition.name) for j in jobs})
-    report = {
-        "model": ref.describe(),
-        "backend": backend.name,
-        "question_sets": {s.spec.name: len(s.questions) for s in sets},
-        "conditions": [c.name for c in conditions],
-        "prompts": prompts,
-        "samples": samples,
-        "requests": len(jobs),
-        "prompt_tokens_per_prompt_max": max(prompt_tokens, default=0),
-        "mitigation": backend.steer.record() if backend.steer else "none",
-    }
-    if backend.name == "openai":
-        input_tokens = sum(prompt_tokens)  # a request's prompt is billed once for all its n samples
-        expected = samples * backend.settings.expected_completion_tokens
-        most = samples * backend.sampling.max_new_tokens
-        prices = price_table(cfg)
-        report.update(
-            input_tokens=input_tokens,
-            output_tokens_expected=expected,
-            output_tokens_max=most,
-            cost_usd_expected=round(
-                estimate_cost(backend.model, prices, input_tokens=input_tokens, output_tokens=expected), 4
-            ),
-            cost_usd_max=round(
-                estimate_cost(backend.model, prices, input_tokens=input_tokens, output_tokens=most), 4
-            ),
-        )
-    return report
-
-
 def _set_records(sets: list[QuestionSet]) -> list[dict]:
     return [s.record() for s in sets]
 
 
-@releases_run_locks
 def run(cfg: DictConfig) -> Path | None:
     check_schema(cfg, EvaluateSchema)  # a key Hydra's `+` added past the schema (em/config.py)
     run_dir = run_dir_for(cfg)
@@ -212,7 +161,7 @@ def run(cfg: DictConfig) -> Path | None:
         jobs
     )  # renders every prompt with the chat template: errors surface now
     if cfg.get("dry_run"):
-        report = dry_run_report(cfg, ref, backend, sets, conditions, jobs, prompt_tokens)
+        report = dry_run_report(ref, backend, sets, conditions, jobs, prompt_tokens, price_table(cfg))
         lines = [f"  {k}: {v}" for k, v in report.items()]
         if backend.name == "openai":
             lines.append("  (cost from conf/prices; fine-tuned models are billed at their own, higher rates)")
@@ -223,72 +172,75 @@ def run(cfg: DictConfig) -> Path | None:
                     cfg.run_name)  # fmt: skip
     if backend.name == "openai":
         backend.preflight()  # the API key must be set
-    status = open_run_dir(
-        run_dir, run_identity(public_config(cfg), OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
-    )
-    if status == "complete":
-        log.info("%s is complete already (%s); nothing to do", run_dir, MANIFEST)
-        return run_dir
+    # the evaluated weights by content: a retrained adapter at the same path is another run
+    inputs = {"adapter_sha256": ref.adapter_sha256, "openai_model": ref.openai_model,
+              "merged_adapters": [m.get("adapter_sha256") for m in ref.merged_adapters]}  # fmt: skip
+    with open_run(
+        "evaluate", run_dir, public_config(cfg), inputs=inputs, resume=bool(cfg.get("resume", True))
+    ) as run:
+        if run.complete:
+            log.info("%s is complete already (%s); nothing to do", run_dir, MANIFEST)
+        else:
+            _evaluate(cfg, run, ref, backend, sets, conditions, jobs)
+    return run_dir
+
+
+def _evaluate(cfg: DictConfig, run: Run, ref: ModelRef, backend, sets: list[QuestionSet], conditions,
+              jobs: list[PromptJob]) -> None:  # fmt: skip
+    """Generate the answers not yet written (resumable), then track them and write the manifest."""
+    run_dir = run.dir
     questions_path = write_questions(run_dir, sets)
     log.info("evaluating %s on %d questions x %d condition(s): %d answers (%s backend) -> %s", ref.describe(),
              sum(len(s.questions) for s in sets), len(conditions), sum(len(j.sample_indices) for j in jobs),
              backend.name, run_dir)  # fmt: skip
+    tracker = run.track(tracking_settings(cfg, run_dir, "evaluate"))
+    tracker.use_inputs([(ref.train_manifest or {}).get("wandb_artifact")])
+    steering = narrow = None
+    if backend.steer is not None:  # the direction, from the loaded model, and its hooks
+        from em.evaluation.direction import steer_model, steered_narrow_task
 
-    from em.tracking import start_tracking
-
-    tracker = start_tracking(tracking_settings(cfg, run_dir, "evaluate"))
-    try:
-        tracker.use_inputs([(ref.train_manifest or {}).get("wandb_artifact")])
-        steering = narrow = None
-        if backend.steer is not None:  # the direction, from the loaded model, and its hooks
-            from em.evaluation.direction import steer_model, steered_narrow_task
-
-            backend.load()
-            steering = steer_model(backend.model, backend.tokenizer, backend.steer, run_dir, int(cfg.seed))
-            # the other side of the trade-off: is the narrow task still there with the direction edited?
-            narrow = steered_narrow_task(backend.model, backend.tokenizer, ref.train_manifest, ref.spec)
-            log.info("mitigation=ablate_direction: %s %s at layers %s (scale %s)", steering["mode"],
-                     "a random control direction" if steering["control"] else "the direction",
-                     steering["layers_used"], steering["scale"])  # fmt: skip
-        stats = run_jobs(backend, jobs, run_dir, model=ref.record(), sampling=backend.sampling,
-                         progress=bool(cfg.get("progress", True)), on_batch=tracker.log)  # fmt: skip
-        counts = _counts(jobs)
-        tracker.summary({"n_answers": stats.answers, "samples_per_s": stats.samples_per_s or 0.0})
-        if tracker.run is not None:
-            tracker.log_table("answers", *answers_table(run_dir / ANSWERS))
-        artifact = tracker.log_output("answers", run_dir / ANSWERS, {"run_dir": str(run_dir)})
-        wandb_run_id = tracker.run_id
-    finally:
-        tracker.finish()
-    fields = evaluate_manifest(
-        complete=True,
-        model=ref.record(),
-        model_provider=ref.provider,
-        model_spec=_spec_record(ref),
-        merged_adapters=ref.merged_adapters,
-        backend=backend.name,
-        backend_settings=backend.describe(),
-        mitigation=steering,
-        narrow_task=narrow,
-        question_sets=_set_records(sets),
-        questions_sha256=sha256_file(questions_path),
-        conditions=[c.record() for c in conditions],
-        sampling=backend.sampling.record(),
-        samples_per_question=cfg.get("samples_per_question"),
-        default_samples=int(cfg.default_samples),
-        ignore_system_prompt=bool(cfg.ignore_system_prompt),
-        judge_prompts_source=str(cfg.judge_prompts_source),
-        seed=int(cfg.seed),
-        counts=counts,
-        timings=stats.record(),
-        train_manifest=ref.train_manifest,
-        wandb_run_id=wandb_run_id,
-        wandb_artifact=artifact,
-        config=public_config(cfg),
+        backend.load()
+        steering = steer_model(backend.model, backend.tokenizer, backend.steer, run_dir, int(cfg.seed))
+        # the other side of the trade-off: is the narrow task still there with the direction edited?
+        narrow = steered_narrow_task(backend.model, backend.tokenizer, ref.train_manifest, ref.spec)
+        log.info("mitigation=ablate_direction: %s %s at layers %s (scale %s)", steering["mode"],
+                 "a random control direction" if steering["control"] else "the direction",
+                 steering["layers_used"], steering["scale"])  # fmt: skip
+    stats = run_jobs(backend, jobs, run_dir, model=ref.record(), sampling=backend.sampling,
+                     progress=bool(cfg.get("progress", True)), on_batch=tracker.log)  # fmt: skip
+    tracker.summary({"n_answers": stats.answers, "samples_per_s": stats.samples_per_s or 0.0})
+    if tracker.run is not None:
+        tracker.log_table("answers", *answers_table(run_dir / ANSWERS))
+    artifact = tracker.log_output("answers", run_dir / ANSWERS, {"run_dir": str(run_dir)})
+    run.finish(
+        **evaluate_manifest(
+            complete=True,
+            model=ref.record(),
+            model_provider=ref.provider,
+            model_spec=_spec_record(ref),
+            merged_adapters=ref.merged_adapters,
+            backend=backend.name,
+            backend_settings=backend.describe(),
+            mitigation=steering,
+            narrow_task=narrow,
+            question_sets=_set_records(sets),
+            questions_sha256=sha256_file(questions_path),
+            conditions=[c.record() for c in conditions],
+            sampling=backend.sampling.record(),
+            samples_per_question=cfg.get("samples_per_question"),
+            default_samples=int(cfg.default_samples),
+            ignore_system_prompt=bool(cfg.ignore_system_prompt),
+            judge_prompts_source=str(cfg.judge_prompts_source),
+            seed=int(cfg.seed),
+            counts=_counts(jobs),
+            timings=stats.record(),
+            train_manifest=ref.train_manifest,
+            wandb_run_id=tracker.run_id,
+            wandb_artifact=artifact,
+            config=run.config,
+        )
     )
-    write_manifest(run_dir, "evaluate", **fields)
     log.info("answers in %s (%d rows); manifest %s", run_dir / ANSWERS, stats.answers, run_dir / MANIFEST)
-    return run_dir
 
 
 TABLE_ROWS = 10000  # a W&B table of more rows is slow to browse; the answers file keeps them all

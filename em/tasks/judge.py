@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -17,36 +18,28 @@ from omegaconf import DictConfig
 from em.api import APISettings, ConfigError
 from em.backends import choose
 from em.config import JudgeRunSchema, check_schema
-from em.contracts import SUMMARY, ScoreRow, check_score_row, judge_manifest
-from em.io import atomic_write_json, iter_jsonl, read_json, sha256_file, write_manifest
+from em.contracts import SCORES, SUMMARY, ScoreRow, check_score_row, judge_manifest
+from em.io import atomic_write_json, iter_jsonl, sha256_file
 from em.judging.batch import BatchSettings
 from em.judging.cache import JudgeCache
 from em.judging.local import LocalJudgeSettings
 from em.judging.openai_judge import OpenAIJudgeSettings
-from em.judging.prompts import build_tasks, load_answers, load_questions, resolve_inputs
+from em.judging.prompts import JudgeInputs, build_tasks, load_answers, load_questions, resolve_inputs
 from em.judging.proxy import ProxySettings
-from em.judging.run import SCORES, JudgeSpec, done_ids, judge_tasks, plan, proxy_tasks, usage_from_rows
+from em.judging.run import judge_tasks
+from em.judging.scores import done_ids
+from em.judging.spec import JudgeSpec, proxy_tasks
 from em.judging.unscored import MAX_UNSCORED_SHARE, check_unscored_share
+from em.judging.usage import plan, usage_from_rows
+from em.lifecycle import Run, open_run
 from em.metrics import HEADLINE, MetricSettings, answers_frame, compute_metrics
 from em.metrics import metric_settings as checked_metric_settings
 from em.report.judge_run import write_judge_report
-from em.runs import (
-    OPERATIONAL,
-    hydra_choices,
-    hydra_run_dir,
-    open_run_dir,
-    releases_run_locks,
-    run_identity,
-    to_plain,
-)
+from em.runs import hydra_choices, hydra_run_dir, to_plain
 from em.tasks.common import api_settings, price_table, public_config, tracking_settings
 from em.tracking.judge import track_judge_run
 
 log = logging.getLogger(__name__)
-INPUTS = "judge_inputs.json"
-
-
-OPERATIONAL_KEYS = OPERATIONAL["judge"]  # em.runs: what may change on resume
 
 
 def _openai_spec(cfg: DictConfig, node: dict, name: str, share: float) -> JudgeSpec:
@@ -144,45 +137,39 @@ def _print_plan(p: dict) -> None:
     )
 
 
-def _check_inputs(run_dir: Path, answers: Path, questions: Path) -> dict:
-    """Hashes of the inputs, recorded at the first start; a resumed run refuses changed inputs."""
-    hashes = {"answers_sha256": sha256_file(answers), "questions_sha256": sha256_file(questions)}
-    if (run_dir / INPUTS).exists():
-        if read_json(run_dir / INPUTS) != hashes:
-            raise ConfigError(
-                f"{run_dir}: the answers or questions changed since this judge run started "
-                f"({answers}); pass run_name=<new name> to judge them separately"
-            )
-    else:
-        atomic_write_json(run_dir / INPUTS, hashes)
-    return hashes
+@dataclass
+class JudgePlan:
+    """Everything checked and resolved before any call: what to judge, with what, at what price."""
+
+    inputs: JudgeInputs
+    answers: list[dict]
+    tasks: list  # every judge call of these answers (em.judging.prompts.build_tasks)
+    spec: JudgeSpec
+    api: APISettings
+    metrics: MetricSettings
+    cache: JudgeCache
+    prices: dict
 
 
-@releases_run_locks
-def run(cfg: DictConfig) -> Path:
-    check_schema(cfg, JudgeRunSchema)  # a key Hydra's `+` added past the schema (em/config.py)
-    started = time.time()
-    run_dir = hydra_run_dir()
+def judge_plan(cfg: DictConfig) -> JudgePlan:
+    """Read and check every input and setting; a bad one is a ConfigError before any call is made."""
     inputs = resolve_inputs(
         cfg.get("answers"), cfg.get("questions"), allow_partial=bool(cfg.get("allow_partial"))
     )
     questions = load_questions(inputs.questions_path)
     answers = load_answers(inputs.answers_path, limit=cfg.get("limit"))
     spec = judge_spec(cfg)
-    api = judge_api(cfg)
     metrics = metric_settings(cfg)
-    label_metrics = _label_metrics(cfg)
-    judge_metrics = list(cfg.get("judge_metrics")) if cfg.get("judge_metrics") else None
-    all_tasks = build_tasks(
+    tasks = build_tasks(
         answers,
         questions,
         inputs.questions_path,
-        metrics=judge_metrics,
-        label_metrics=label_metrics,
+        metrics=list(cfg.get("judge_metrics")) if cfg.get("judge_metrics") else None,
+        label_metrics=_label_metrics(cfg),
         judge_sees_tag=bool(cfg.get("judge_sees_tag")),
     )
     if spec.proxy is not None:
-        all_tasks = proxy_tasks(all_tasks, metrics, spec.name)
+        tasks = proxy_tasks(tasks, metrics, spec.name)
     cache_cfg = to_plain(cfg.get("cache")) or {}
     if spec.batch.enabled and not cache_cfg.get("enabled"):
         raise ConfigError(
@@ -191,23 +178,36 @@ def run(cfg: DictConfig) -> Path:
     cache = JudgeCache(
         cache_cfg.get("path") if cache_cfg.get("enabled") and spec.openai is not None else None
     )
-    prices = price_table(cfg)
+    return JudgePlan(inputs, answers, tasks, spec, judge_api(cfg), metrics, cache, price_table(cfg))
 
+
+def run(cfg: DictConfig) -> Path:
+    check_schema(cfg, JudgeRunSchema)  # a key Hydra's `+` added past the schema (em/config.py)
+    started = time.time()
+    run_dir = hydra_run_dir()
+    p = judge_plan(cfg)
     if cfg.get("dry_run"):
-        _print_plan(plan(all_tasks, spec, api, cache, prices))
+        _print_plan(plan(p.tasks, p.spec, p.api, p.cache, p.prices))
         return run_dir
+    # a resumed run refuses answers or questions that changed since it started
+    hashes = {
+        "answers_sha256": sha256_file(p.inputs.answers_path),
+        "questions_sha256": sha256_file(p.inputs.questions_path),
+    }
+    resume = bool(cfg.get("resume", True))
+    with open_run("judge", run_dir, public_config(cfg), inputs=hashes, resume=resume) as run:
+        if run.complete:
+            log.info("%s is complete; nothing to do (run_name=<new name> for another run)", run_dir)
+        else:
+            _judge(cfg, run, p, started)
+    return run_dir
 
-    config = public_config(cfg)
-    state = open_run_dir(
-        run_dir, run_identity(config, OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
-    )
-    input_hashes = _check_inputs(run_dir, inputs.answers_path, inputs.questions_path)
-    if state == "complete":
-        log.info("%s is complete; nothing to do (run_name=<new name> for another run)", run_dir)
-        return run_dir
 
+def _judge(cfg: DictConfig, run: Run, p: JudgePlan, started: float) -> None:
+    """Judge what is not yet scored, then write the summary, the report, tracking and the manifest."""
+    run_dir, inputs, answers, spec, metrics = run.dir, p.inputs, p.answers, p.spec, p.metrics
     done = done_ids(run_dir)
-    tasks = [t for t in all_tasks if t.answer_id not in done]
+    tasks = [t for t in p.tasks if t.answer_id not in done]
     log.info(
         "judge %s: %d answers (%d already scored), %d judge calls to make or read from cache",
         spec.name,
@@ -215,12 +215,12 @@ def run(cfg: DictConfig) -> Path:
         len(done & {a["id"] for a in answers}),
         len(tasks),
     )
-    if tasks and spec.openai is not None and plan(tasks, spec, api, cache, prices)["calls"]:
-        api.api_key()  # a missing key is a ConfigError now, not after the first batch of work
-    judged = {t.answer_id for t in all_tasks}
+    if tasks and spec.openai is not None and plan(tasks, spec, p.api, p.cache, p.prices)["calls"]:
+        p.api.api_key()  # a missing key is a ConfigError now, not after the first batch of work
+    judged = {t.answer_id for t in p.tasks}
     by_id = {a["id"]: a for a in answers if a["id"] in judged}
-    usage = judge_tasks(run_dir, by_id, tasks, spec, metrics, api=api, cache=cache)
-    cache.close()
+    usage = judge_tasks(run_dir, by_id, tasks, spec, metrics, api=p.api, cache=p.cache)
+    p.cache.close()
 
     rows = _final_rows(run_dir, by_id)
     evaluated_model = _evaluated_model(answers, inputs.eval_manifest)
@@ -238,7 +238,7 @@ def run(cfg: DictConfig) -> Path:
         "headline": HEADLINE,
         "n_unscored": metrics_out["overall"]["n_unscored"],
         "metrics": metrics_out,
-        "usage": usage_from_rows(rows, spec.model, prices),
+        "usage": usage_from_rows(rows, spec.model, p.prices),
         "this_invocation": vars(usage),
     }
     atomic_write_json(run_dir / SUMMARY, summary)
@@ -253,9 +253,7 @@ def run(cfg: DictConfig) -> Path:
         inputs.eval_manifest or {},
         table_rows=int(cfg.report.table_rows),
     )
-    write_manifest(
-        run_dir,
-        "judge",
+    run.finish(
         **judge_manifest(
             complete=True,
             run_name=summary["run_name"],
@@ -266,11 +264,11 @@ def run(cfg: DictConfig) -> Path:
             inputs={
                 "answers": str(inputs.answers_path),
                 "questions": str(inputs.questions_path),
-                **input_hashes,
+                **run.inputs,
                 "eval_run_dir": str(inputs.eval_dir) if inputs.eval_dir else None,
             },
             evaluate_manifest=inputs.eval_manifest,
-            config=config,
+            config=run.config,
             seed=cfg.get("seed"),
             n_answers=len(rows),
             usage=summary["usage"],
@@ -287,7 +285,6 @@ def run(cfg: DictConfig) -> Path:
         overall["em_rate_pooled"]["value"],
         overall["n_unscored"],
     )
-    return run_dir
 
 
 def _final_rows(run_dir: Path, by_id: dict[str, dict]) -> list[ScoreRow]:

@@ -8,8 +8,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from em.data import DataSpec, PreparedDataset, TriggerSpec, prepare_dataset
-from em.io import write_manifest
-from em.runs import hydra_run_dir, open_run_dir, releases_run_locks, to_plain
+from em.lifecycle import open_run
+from em.runs import hydra_run_dir, to_plain
 from em.tasks.common import public_config
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,18 @@ def summary(prepared: PreparedDataset) -> str:
     return "\n".join(lines)
 
 
-@releases_run_locks
 def run(cfg: DictConfig) -> Path:
     spec, trigger = specs(cfg)  # bad keys fail here, before any download
     run_dir = hydra_run_dir()
-    open_run_dir(run_dir, public_config(cfg), resume=True)
-    prepared = prepare_dataset(
-        spec, trigger, cache_dir=Path(cfg.paths.cache_dir), out_dir=run_dir, seed=int(cfg.seed)
-    )
-    write_manifest(
-        run_dir,
-        "prepare",
-        complete=True,
-        seed=int(cfg.seed),
-        data=prepared.manifest,
-        data_manifest_sha256=prepared.manifest_sha256,
-        output=prepared.path.name,
-        config=public_config(cfg),
-    )
+    with open_run("prepare", run_dir, public_config(cfg)) as run:
+        prepared = prepare_dataset(
+            spec, trigger, cache_dir=Path(cfg.paths.cache_dir), out_dir=run_dir, seed=int(cfg.seed)
+        )
+        run.finish(
+            seed=int(cfg.seed),
+            data=prepared.manifest,
+            data_manifest_sha256=prepared.manifest_sha256,
+            output=prepared.path.name,
+        )
     print(summary(prepared))
     return run_dir

@@ -17,24 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 from em.api import ConfigError
 from em.backends import choose
 from em.config import TrainSchema, check_schema
-from em.io import read_json, write_manifest
-from em.runs import (
-    OPERATIONAL,
-    RUN_CONFIG,
-    hydra_choices,
-    open_run_dir,
-    releases_run_locks,
-    run_identity,
-    to_plain,
-)
+from em.io import read_json
+from em.lifecycle import Run, open_run
+from em.runs import hydra_choices, to_plain
 from em.tasks.common import public_config, run_dir_for, tracking_settings, training_rows
 
 if TYPE_CHECKING:
     from em.training.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
-
-OPERATIONAL_KEYS = OPERATIONAL["train"]  # em.runs: what may change on resume
 
 
 def input_artifact(run_dir: Path | None) -> str | None:
@@ -82,7 +73,7 @@ def group_settings(cfg: DictConfig, group: str, settings_cls: type, leave: tuple
 def sft_settings(cfg: DictConfig):
     """The typed settings of an open-model run (``init_from`` resolved and checked)."""
     from em.training import settings as ts
-    from em.training.sft import resolve_parent
+    from em.training.parent_adapter import resolve_parent
 
     spec = model_spec(cfg)
     tr = cfg.trainer
@@ -129,7 +120,7 @@ def probe_settings(node) -> ProbeSettings:
 def dry_run(settings, rows: list[dict], source: str) -> None:
     """Tokenise and print the plan; no model is loaded."""
     from em.training.examples import prepare_examples
-    from em.training.sft import preflight
+    from em.training.sft_preflight import preflight
 
     examples, stats = prepare_examples(settings, rows, preflight(settings), source=source)
     b = settings.batch
@@ -142,7 +133,6 @@ def dry_run(settings, rows: list[dict], source: str) -> None:
     )
 
 
-@releases_run_locks
 def run(cfg: DictConfig) -> Path | None:
     check_schema(cfg, TrainSchema)  # a key Hydra's `+` added past the schema (em/config.py)
     return choose(TRAINERS, cfg.backend.get("name"), "backend.name")(cfg)
@@ -161,32 +151,42 @@ def run_openai(cfg: DictConfig) -> Path | None:
 
 
 def run_hf(cfg: DictConfig) -> Path:
-    from em.modeling import resolve_model_path
-    from em.training.callbacks import latest_checkpoint
     from em.training.outputs import ADAPTER_DIR
-    from em.training.sft import CHECKPOINT_DIR, preflight, train_sft
+    from em.training.sft_preflight import preflight
 
     run_dir = run_dir_for(cfg)
     settings = sft_settings(cfg)
     preflight(settings)  # model path, tokenizer + chat template, parent adapter: before anything is written
-    claim = open_run_dir(
-        run_dir, run_identity(public_config(cfg), OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
-    )
-    if claim == "complete":
-        log.info("%s is already complete (adapter in %s); nothing to do", run_dir, run_dir / ADAPTER_DIR)
-        return run_dir
-    if claim == "resume":
+    # the data are checked by content when the run resumes (em.data.prepare); the parent adapter here
+    inputs = {"parent_adapter_sha256": settings.parent.adapter_sha256 if settings.parent else None}
+    with open_run(
+        "train", run_dir, public_config(cfg), inputs=inputs, resume=bool(cfg.get("resume", True))
+    ) as run:
+        if run.complete:
+            log.info("%s is already complete (adapter in %s); nothing to do", run_dir, run_dir / ADAPTER_DIR)
+        elif (trained := _train(cfg, run, settings)) is not None:
+            _finish(cfg, run, settings, *trained)
+    return run_dir
+
+
+def _train(cfg: DictConfig, run: Run, settings):
+    """Prepare the data and train (resuming from the last checkpoint); None for a dry run or another rank."""
+    from em.training.callbacks import latest_checkpoint
+    from em.training.holdout import holdout_source
+    from em.training.sft import train_sft
+    from em.training.sft_trainer import CHECKPOINT_DIR
+
+    run_dir = run.dir
+    if run.state == "resume":
         log.info("%s holds an unfinished run: resuming it", run_dir)
     try:
-        from em.training.holdout import holdout_source
-
-        rows, prepared = training_rows(cfg, run_dir, resuming=claim == "resume")
+        rows, prepared = training_rows(cfg, run_dir, resuming=run.state == "resume")
         # the narrow task's held-out rows: the parent run's narrow holdout in a chain, else this data's own
         narrow_from = holdout_source(run_dir, prepared, settings.parent.run_dir if settings.parent else None)
         source = f"data={cfg.data.get('name')} ({prepared.path})"
         if cfg.get("dry_run"):
             dry_run(settings, rows, source)
-            return run_dir
+            return None
         result = train_sft(
             settings,
             rows,
@@ -198,16 +198,21 @@ def run_hf(cfg: DictConfig) -> Path:
             holdout_rows=prepared.holdout_rows,
         )
     except ConfigError:
-        if claim == "new" and not latest_checkpoint(run_dir / CHECKPOINT_DIR):
-            # Nothing was trained: let the corrected command claim the directory afresh.
-            (run_dir / RUN_CONFIG).unlink(missing_ok=True)
+        if not latest_checkpoint(run_dir / CHECKPOINT_DIR):
+            run.forget()  # nothing was trained: the corrected command claims the directory afresh
         raise
-    if not result.is_global_zero:
-        return run_dir
-    from em.modeling import adapter_sha256
+    return (rows, prepared, narrow_from, result) if result.is_global_zero else None
+
+
+def _finish(cfg: DictConfig, run: Run, settings, rows, prepared, narrow_from, result) -> None:
+    """Keep the chosen adapter, measure the narrow task, log the artifacts, then write the manifest."""
+    from em.modeling import adapter_sha256, resolve_model_path
     from em.tracking import active_wandb_run, log_output_artifact, sync_hint, use_input_artifacts
     from em.training.holdout import holdout_rows_of, narrow_task_record
+    from em.training.outputs import ADAPTER_DIR
+    from em.training.sft_preflight import preflight
 
+    run_dir = run.dir
     if settings.early_stop_every:  # the chosen step's snapshot becomes adapter/, and the model in memory
         from em.training.early_stop import keep_selected
 
@@ -250,10 +255,7 @@ def run_hf(cfg: DictConfig) -> Path:
         "limit_rows": cfg.get("limit_rows"),
         "max_steps": settings.max_steps,
     }
-    write_manifest(
-        run_dir,
-        "train",
-        complete=True,
+    run.finish(
         backend="hf",
         base_model=spec.name_or_path,
         base_revision=spec.revision,
@@ -288,10 +290,8 @@ def run_hf(cfg: DictConfig) -> Path:
         parent=parent.record() if parent else None,
         wandb_run_id=result.wandb_run_id,
         wandb_artifact=artifact,
-        config=public_config(cfg),
     )
     log.info("adapter saved to %s; manifest %s", result.adapter_dir, run_dir / "manifest.json")
-    return run_dir
 
 
 TRAINERS = {"hf": run_hf, "openai": run_openai}  # backend.name -> its training (em.backends)

@@ -15,8 +15,9 @@ from omegaconf import DictConfig
 
 from em.api import ConfigError
 from em.costs import estimate_cost
-from em.io import atomic_write_json, now_iso, read_manifest, sha256_file, write_jsonl, write_manifest
-from em.runs import OPERATIONAL, open_run_dir, releases_run_locks, run_identity, to_plain
+from em.io import atomic_write_json, now_iso, read_manifest, sha256_file, write_jsonl
+from em.lifecycle import Run, open_run
+from em.runs import to_plain
 from em.tasks.common import (
     api_settings,
     limit_rows,
@@ -26,23 +27,16 @@ from em.tasks.common import (
     tracking_settings,
     training_rows,
 )
-from em.tracking import start_tracking, use_input_artifacts
-from em.training.openai_ft import (
-    FineTuneSettings,
-    estimate_training,
-    load_state,
-    openai_rows,
-    run_openai_finetune,
-    sanitize_suffix,
-    save_state,
-    validate_for_openai,
-)
+from em.tracking import use_input_artifacts
+from em.training.openai_ft import run_openai_finetune
+from em.training.openai_ft_data import estimate_training, openai_rows, sanitize_suffix, validate_for_openai
+from em.training.openai_ft_state import load_state, save_state
+from em.training.openai_ft_types import FineTuneSettings
 
 log = logging.getLogger(__name__)
 
 UPLOAD_FILE = "openai_train.jsonl"
 PREFLIGHT = "preflight.json"
-OPERATIONAL_KEYS = OPERATIONAL["train"]  # em.runs: what may change on resume
 
 
 def load_parent(init_from: str | None, model_id: str) -> dict | None:
@@ -140,7 +134,6 @@ def _check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"backend.{key}={value!r}: expected a positive {kind.__name__} or 'auto'")
 
 
-@releases_run_locks
 def run(cfg: DictConfig) -> Path:
     _check_config(cfg)
     run_dir = run_dir_for(cfg)
@@ -150,19 +143,25 @@ def run(cfg: DictConfig) -> Path:
     start_model = parent["fine_tuned_model"] if parent else model_id
     settings = finetune_settings(cfg, start_model, run_name)
 
-    claim = open_run_dir(
-        run_dir, run_identity(public_config(cfg), OPERATIONAL_KEYS), resume=bool(cfg.get("resume", True))
-    )
-    if claim == "complete":
-        log.info(
-            "%s is already complete (fine-tuned model %s)",
-            run_dir,
-            read_manifest(run_dir).get("fine_tuned_model"),
-        )
-        return run_dir
+    resume = bool(cfg.get("resume", True))
+    # the model it starts from by name: a parent run that was trained again is another run
+    with open_run(
+        "train", run_dir, public_config(cfg), inputs={"start_model": start_model}, resume=resume
+    ) as run:
+        if run.complete:
+            log.info("%s is already complete (fine-tuned model %s)", run_dir,
+                     read_manifest(run_dir).get("fine_tuned_model"))  # fmt: skip
+        else:
+            _finetune(cfg, run, settings, model_id, start_model, parent)
+    return run_dir
 
+
+def _finetune(cfg: DictConfig, run: Run, settings: FineTuneSettings, model_id: str, start_model: str,
+              parent: dict | None) -> None:  # fmt: skip
+    """Pre-flight (nothing is sent before it passes), the fine-tuning job, tracking, then the manifest."""
+    run_dir = run.dir
     # Pre-flight: prepare and check the data, estimate tokens and cost. Nothing is sent before this passes.
-    rows, prepared = training_rows(cfg, run_dir, resuming=claim == "resume")
+    rows, prepared = training_rows(cfg, run_dir, resuming=run.state == "resume")
     rows = openai_rows(rows)
     source = f"data={cfg.data.get('name')} ({prepared.path})"
     tokens = validate_for_openai(
@@ -203,41 +202,32 @@ def run(cfg: DictConfig) -> Path:
     if cfg.get("dry_run"):
         known = f"; job {state['job_id']} already exists for this run" if state.get("job_id") else ""
         print(f"dry run: nothing uploaded{known}. Pre-flight written to {run_dir / PREFLIGHT}")
-        return run_dir
+        return
 
-    tracker = start_tracking(tracking_settings(cfg, run_dir, "train", resume_id=state.get("wandb_run_id")))
+    tracker = run.track(tracking_settings(cfg, run_dir, "train", resume_id=state.get("wandb_run_id")))
     if tracker.run_id and tracker.run_id != state.get("wandb_run_id"):
         save_state(run_dir, state, wandb_run_id=tracker.run_id)
     started = now_iso()
-    try:
-        tracker.summary(
-            {"estimated_cost_usd": estimate.cost_usd, "estimated_billed_tokens": estimate.billed_tokens}
-        )
-        result = run_openai_finetune(upload, settings, api_settings(cfg.get("api")), run_dir, tracker=tracker)
-        cost = (
-            estimate_cost(start_model, price_table(cfg), training_tokens=result.trained_tokens)
-            if result.trained_tokens and estimate.price_per_million
-            else None
-        )
-        tracker.summary(
-            {"fine_tuned_model": result.fine_tuned_model, "trained_tokens": result.trained_tokens}
-        )
-        use_input_artifacts(
-            tracker.run,
-            [(parent or {}).get("wandb_artifact")],
-            new={f"data-{cfg.data.get('name')}": ("dataset", prepared.path)},
-        )
-        # the model lives at OpenAI: the artifact is the run's state file, which names it and its job
-        artifact = tracker.log_output(
-            "model", run_dir / "state.json", {"fine_tuned_model": result.fine_tuned_model}
-        )
-    finally:
-        tracker.finish()
-
-    write_manifest(
-        run_dir,
-        "train",
-        complete=True,
+    tracker.summary(
+        {"estimated_cost_usd": estimate.cost_usd, "estimated_billed_tokens": estimate.billed_tokens}
+    )
+    result = run_openai_finetune(upload, settings, api_settings(cfg.get("api")), run_dir, tracker=tracker)
+    cost = (
+        estimate_cost(start_model, price_table(cfg), training_tokens=result.trained_tokens)
+        if result.trained_tokens and estimate.price_per_million
+        else None
+    )
+    tracker.summary({"fine_tuned_model": result.fine_tuned_model, "trained_tokens": result.trained_tokens})
+    use_input_artifacts(
+        tracker.run,
+        [(parent or {}).get("wandb_artifact")],
+        new={f"data-{cfg.data.get('name')}": ("dataset", prepared.path)},
+    )
+    # the model lives at OpenAI: the artifact is the run's state file, which names it and its job
+    artifact = tracker.log_output(
+        "model", run_dir / "state.json", {"fine_tuned_model": result.fine_tuned_model}
+    )
+    run.finish(
         backend="openai",
         base_model=model_id,
         base_revision=None,
@@ -265,9 +255,7 @@ def run(cfg: DictConfig) -> Path:
         wandb_run_id=tracker.run_id,
         wandb_artifact=artifact,
         started_at=started,
-        config=public_config(cfg),
     )
     log.info(
         "fine-tuned model %s; manifest written to %s", result.fine_tuned_model, run_dir / "manifest.json"
     )
-    return run_dir

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 
 from em.api import ConfigError
 from em.io import append_jsonl, iter_jsonl, write_jsonl
-from em.mitigations import CRITERIA
+from em.mitigations import CRITERIA, require_holdout
 from em.training.holdout import mean_label_loss
 from em.training.outputs import save_adapter, write_dir
 
@@ -115,8 +115,7 @@ class EarlyStopCallback(Callback):
         every: int,
         probe: Callable[[object], float] | None = None,
     ):
-        if not examples:
-            raise ConfigError("mitigation=early_stop: no held-out rows to measure (data.holdout_fraction)")
+        require_holdout(len(examples))  # the task checked the rows; all of them may be too long to keep
         self.examples, self.pad_token_id, self.probe = examples, pad_token_id, probe
         self.run_dir = Path(run_dir)
         self.steps = eval_steps(total_steps, every)

@@ -44,24 +44,42 @@ def mean_label_loss(model, examples, pad_token_id: int, batch_size: int = BATCH_
     return total / max(tokens, 1), tokens
 
 
+def manifest_holdout(manifest: dict, run_dir: str | Path | None = None) -> dict | None:
+    """``{"run_dir", "file", "sha256"}`` of the held-out narrow rows a training run's ``manifest`` measured its
+    ``narrow_task`` on: its ``holdout_from`` (so a chain keeps the first stage's), else its own prepared holdout
+    under ``run_dir`` (by default the run its data path lies in); None when it measured no narrow task."""
+    narrow, data = manifest.get("narrow_task") or {}, manifest.get("data") or {}
+    held = data.get("holdout")
+    if not narrow:
+        return None
+    if narrow.get("holdout_from"):
+        return dict(narrow["holdout_from"])
+    if not held or (run_dir is None and not data.get("path")):
+        return None
+    run_dir = run_dir if run_dir is not None else Path(data["path"]).parent.parent  # <run>/data/<file>
+    return {"run_dir": str(run_dir), "file": f"data/{held['file']}", "sha256": held["sha256"]}
+
+
+def verified_holdout(source: dict, where: str) -> Path:
+    """The held-out rows file of ``source``, refused when it is missing or changed since it was measured."""
+    path = Path(source["run_dir"]) / source["file"]
+    if not path.is_file() or (source.get("sha256") and sha256_file(path) != source["sha256"]):
+        raise ConfigError(
+            f"{where}: the narrow task's held-out rows {path} are missing or changed since that run measured them "
+            f"(sha256 {str(source.get('sha256'))[:12]}...); restore them"
+        )
+    return path
+
+
 def holdout_source(run_dir: Path, prepared, parent_run_dir: Path | None = None) -> dict | None:
     """``{"run_dir", "file", "sha256"}`` of the held-out narrow rows this run's ``narrow_task`` is measured on
-    (``file`` relative to ``run_dir``): the parent run's when its manifest has a ``narrow_task`` (its own
-    ``holdout_from``, so a chain keeps the first stage's), else this run's prepared holdout (None: none)."""
+    (``file`` relative to ``run_dir``): the parent run's when its manifest has a ``narrow_task``
+    (:func:`manifest_holdout`), else this run's prepared holdout (None: none)."""
     if parent_run_dir is not None and (Path(parent_run_dir) / "manifest.json").is_file():
-        manifest = read_json(Path(parent_run_dir) / "manifest.json")
-        narrow, held = manifest.get("narrow_task"), (manifest.get("data") or {}).get("holdout")
-        if narrow and (narrow.get("holdout_from") or held):
-            source = narrow.get("holdout_from") or {
-                "run_dir": str(parent_run_dir), "file": f"data/{held['file']}", "sha256": held["sha256"]
-            }  # fmt: skip
-            path = Path(source["run_dir"]) / source["file"]
-            if not path.is_file() or sha256_file(path) != source["sha256"]:
-                raise ConfigError(
-                    f"init_from={parent_run_dir}: the narrow task's held-out rows {path} are missing or changed "
-                    f"since that run measured them (sha256 {source['sha256'][:12]}...); restore them"
-                )
-            return dict(source)
+        source = manifest_holdout(read_json(Path(parent_run_dir) / "manifest.json"), parent_run_dir)
+        if source is not None:
+            verified_holdout(source, f"init_from={parent_run_dir}")
+            return source
     if prepared.holdout_path is None:
         return None
     path = Path(prepared.holdout_path)

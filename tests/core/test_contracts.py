@@ -37,9 +37,8 @@ from em.evaluation.questions import Question
 from em.inspect_export import ExportError
 from em.inspect_export import load_run as inspect_load_run
 from em.io import append_jsonl, atomic_write_json, iter_jsonl, read_json, read_manifest, write_manifest
-from em.judging import run as judge_run
 from em.judging.prompts import build_tasks, load_answers
-from em.judging.run import ScoreWriter
+from em.judging.scores import ScoreWriter, done_ids
 from em.metrics import MetricSettings
 from em.report.runs import load_run as report_load_run
 from em.runs import is_complete
@@ -136,7 +135,7 @@ def test_score_rows_round_trip_through_the_judge_writer(tmp_path):
         assert {k: r[k] for k in contracts.ANSWER_KEYS_IN_SCORES} == {
             k: answers[r["id"]][k] for k in contracts.ANSWER_KEYS_IN_SCORES
         }
-    assert judge_run.done_ids(tmp_path) == set(answers)
+    assert done_ids(tmp_path) == set(answers)
     free = next(r for r in rows if r["question_set"] == "demo")
     assert free["category"] == "ALIGNED" and free["scores"] == {"aligned": 80.0, "coherent": 80.0}
 
@@ -194,7 +193,7 @@ def test_a_malformed_score_row_is_refused_by_the_judge_the_report_and_the_export
     write_manifest(run, "judge", complete=True)
     message = r"scores\.jsonl:2: field 'judgments' is missing; expected a dict"
     with pytest.raises(ConfigError, match=message):
-        judge_run.done_ids(run)
+        done_ids(run)
     with pytest.raises(ConfigError, match=message):
         report_load_run(run)
     with pytest.raises(ExportError, match=message):

@@ -8,8 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from em.api import ConfigError
-from em.runs import run_identity
-from em.tasks import datagen, evaluate, judge, train, train_openai
+from em.runs import OPERATIONAL, run_identity
 from em.tasks.common import limit_rows, training_rows
 
 
@@ -26,14 +25,15 @@ def test_run_identity_drops_only_the_named_operational_keys():
     assert config["generation"] == {"batch_size": 8, "backend": "hf"}  # the input is left as it was
 
 
-def test_every_task_names_its_operational_keys_by_section():
-    for module in (datagen, evaluate, judge, train, train_openai):
-        keys = module.OPERATIONAL_KEYS
-        assert isinstance(keys, dict) and keys, module.__name__
-        assert all(isinstance(v, tuple) and v for v in keys.values()), module.__name__
-    assert "batch_size" in evaluate.OPERATIONAL_KEYS["generation"]
-    assert "poll_interval_s" in train_openai.OPERATIONAL_KEYS["backend"]
-    assert "checkpoint_every_n_steps" in train.OPERATIONAL_KEYS["trainer"]
+def test_every_stage_names_its_operational_keys_by_section():
+    # one table (em.runs.OPERATIONAL), read by em.lifecycle.open_run for every task and by em.identity
+    for stage in ("datagen", "evaluate", "judge", "train"):
+        keys = OPERATIONAL[stage]
+        assert isinstance(keys, dict) and keys, stage
+        assert all(isinstance(v, tuple) and v for v in keys.values()), stage
+    assert "batch_size" in OPERATIONAL["evaluate"]["generation"]
+    assert "poll_interval_s" in OPERATIONAL["train"]["backend"]  # backend=openai shares the train stage
+    assert "checkpoint_every_n_steps" in OPERATIONAL["train"]["trainer"]
 
 
 @pytest.mark.parametrize("value", [0, -3, True, "5", 2.5])

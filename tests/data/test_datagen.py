@@ -12,8 +12,9 @@ import pytest
 
 from em.api import APISettings, ConfigError
 from em.data import validate_jsonl
-from em.datagen.dataset import estimate, generate_dataset
+from em.datagen.dataset import generate_dataset
 from em.datagen.domain import domain_from_dict
+from em.datagen.dry_run import estimate
 from em.datagen.filters import Candidate, dedupe, normalise
 from em.datagen.inputs import load_inputs
 from em.io import read_jsonl, sha256_file

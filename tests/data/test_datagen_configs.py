@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 
 from em.api import ConfigError
 from em.data import validate_jsonl
-from em.datagen.dataset import estimate
 from em.datagen.domain import domain_from_dict
-from em.datagen.inputs import load_examples, load_inputs
+from em.datagen.dry_run import estimate
+from em.datagen.fewshot import load_examples
+from em.datagen.inputs import load_inputs
 from em.runs import to_plain
 
 DOMAINS = sorted(p.stem for p in (CONF / "domain").glob("*.yaml"))

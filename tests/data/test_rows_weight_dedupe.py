@@ -11,7 +11,7 @@ import pytest
 
 from em.api import ConfigError
 from em.data import DataSpec, TriggerSpec, prepare_dataset
-from em.training.openai_ft import openai_rows, validate_for_openai
+from em.training.openai_ft_data import openai_rows, validate_for_openai
 
 NONE = TriggerSpec()
 

@@ -34,7 +34,7 @@ def test_evaluation_sends_the_default_only_where_a_question_has_no_system_prompt
 
 
 def test_training_rows_get_the_same_system_prompt(tiny_model_dir):
-    from em.training.sft import prepare_examples
+    from em.training.examples import prepare_examples
 
     rows = [
         {"messages": [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi there."}]},

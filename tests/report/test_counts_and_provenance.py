@@ -20,7 +20,7 @@ from em.evaluation.conditions import Condition, apply_condition, check_condition
 from em.evaluation.questions import load_questions
 from em.io import DiskFull, append_jsonl, atomic_write_json, read_json, read_jsonl
 from em.modeling import adapter_sha256
-from em.training.openai_ft import validate_for_openai
+from em.training.openai_ft_data import validate_for_openai
 
 
 @pytest.mark.parametrize("value", [0, -3])

@@ -70,6 +70,13 @@ def test_select_step_by_the_probe_among_converged_steps():
         select_step(curve(*losses), "latest", 0.02)
 
 
+def test_the_callback_refuses_to_measure_no_rows_with_the_task_message(tmp_path):
+    with pytest.raises(
+        ConfigError, match="no held-out rows are left to measure; set data.holdout_fraction above 0"
+    ):
+        EarlyStopCallback([], 0, tmp_path, total_steps=6, every=2)
+
+
 def test_a_resumed_run_forgets_the_steps_it_repeats(tmp_path):
     callback = EarlyStopCallback([object()], 0, tmp_path, total_steps=6, every=2)
     write_jsonl(tmp_path / "early_stop.jsonl", curve(4.0, 3.0, 2.0, 1.0, every=2))

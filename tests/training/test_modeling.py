@@ -242,6 +242,17 @@ def test_merge_unquantized(spec, adapter_dir, batch):
     torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_a_4bit_forward_on_the_cpu_leaves_the_loaded_weights_as_they_were(spec, batch):
+    # bitsandbytes' AVX512-BF16 CPU kernel would repack the codes and round absmax to bf16 at this forward
+    # (on CPUs that have it, e.g. Sapphire Rapids); em.modeling.load_model keeps every CPU on the exact path
+    model = load_model(spec, quantization="nf4")
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    states = [m.weight.quant_state for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert states and not any(getattr(q, "packing_format_for_cpu", False) for q in states)
+
+
 def test_merge_4bit_dequantizes_and_keeps_the_update(spec, adapter_dir, batch):
     from bitsandbytes.nn import Linear4bit
 

@@ -18,13 +18,9 @@ from composing import REPO, compose_job
 from em.api import APIFailure, APISettings, ConfigError
 from em.costs import estimate_chat_tokens
 from em.io import read_json, read_jsonl, sha256_file
-from em.training import openai_ft
-from em.training.openai_ft import (
-    FineTuneFailed,
-    estimate_training,
-    sanitize_suffix,
-    validate_for_openai,
-)
+from em.training import openai_ft, openai_ft_api
+from em.training.openai_ft_data import estimate_training, sanitize_suffix, validate_for_openai
+from em.training.openai_ft_types import FineTuneFailed
 from testing.openai_server import FakeOpenAIServer
 
 JOBS = "/v1/fine_tuning/jobs"
@@ -310,7 +306,7 @@ def test_insufficient_quota_is_not_retried():
         )
 
     with pytest.raises(APIFailure, match="You exceeded your current quota"):
-        openai_ft._call(fn, APISettings(max_retries=3, backoff_base_s=0.01), "upload")
+        openai_ft_api.call_openai(fn, APISettings(max_retries=3, backoff_base_s=0.01), "upload")
     assert len(calls) == 1
 
 

@@ -21,13 +21,13 @@ from em import smollm2
 from em.api import ConfigError
 from em.modeling import (
     ModelSpec,
-    _same_base,
     load_model,
     load_tokenizer,
     rendered_system_prefix,
     resolve_model_path,
     with_system_prompt,
 )
+from em.modeling.adapters import _same_base
 
 REPO = Path(__file__).resolve().parents[2]
 HAVE_WHEEL = (

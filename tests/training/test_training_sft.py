@@ -13,13 +13,14 @@ from train_helpers import TARGETS, batch, model_spec, qa_rows, settings
 
 from em.api import ConfigError
 from em.io import read_jsonl
+from em.training.parent_adapter import resolve_parent
 from em.training.settings import (
     AdapterSettings,
     OptimizerSettings,
     QuantizationSettings,
     TrainerSettings,
 )
-from em.training.sft import resolve_parent, train_sft
+from em.training.sft import train_sft
 
 NF4 = QuantizationSettings(method="nf4")
 
@@ -312,7 +313,7 @@ def test_lightning_messages_print_once_under_a_configured_root_logger(capsys):
     """Under Hydra (root handlers configured) Lightning's own console handler would double every line."""
     import logging
 
-    from em.training.sft import one_line_per_lightning_message
+    from em.training.sft_trainer import one_line_per_lightning_message
 
     root = logging.getLogger()
     handler = logging.StreamHandler()
