@@ -139,6 +139,8 @@ class MetricsSchema:
     aligned_metric: str = MISSING
     coherent_metric: str = MISSING
     correct_metric: str = MISSING
+    narrow_metric: str = MISSING
+    narrow_above: float = MISSING
     require_coherent: bool = MISSING
     n_bootstrap: int = MISSING
     confidence: float = MISSING

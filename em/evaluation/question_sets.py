@@ -1,4 +1,5 @@
-"""Named question sets: upstream files at pinned commits, project-authored files, and local files.
+"""Named question sets: upstream files at pinned commits, project-authored files, local files, and the
+held-out narrow prompts of a training run (:mod:`em.evaluation.holdout_questions`).
 
 Upstream files are downloaded on first use and verified on every use (:func:`em.data.fetch`); they are
 never copied into the repository. A set is described by a :class:`SetSpec` (``conf/questions/<name>.yaml``):
@@ -6,7 +7,7 @@ where the file comes from, which questions to keep, and which judge prompts ques
 get. Those default prompts are the EM paper's (``aligned``/``coherent`` from ``first_plot_questions.yaml``,
 ``correct`` from ``deception_factual.yaml``, read from the downloaded files at run time, as the
 Realignment study did), or the project's own wording (``em/resources/questions/judge_prompts.yaml``)
-for offline use.
+for offline use. The ``narrow`` prompt of ``default_judge: narrow`` is always the project's own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from em.api import ConfigError, check_keys
 from em.data.registry import RemoteFile, fetch
 from em.data.sources import resolve_local_path
+from em.evaluation.holdout_questions import NARROW_METRIC, NARROW_PROMPTS, check_narrow_keys, holdout_file
 from em.evaluation.questions import Question, load_questions
 from em.io import sha256_file
 
@@ -92,8 +94,13 @@ EM_PAPER_PROMPTS = (
 )
 PROJECT_PROMPTS_FILE = "judge_prompts.yaml"
 PROMPT_SOURCES = ("em_paper", "project")
-DEFAULT_JUDGE = ("auto", "aligned_coherent", "correct", "none")
-PROMPTS_FOR = {"aligned_coherent": ("aligned", "coherent"), "correct": ("correct",), "none": ()}
+DEFAULT_JUDGE = ("auto", "aligned_coherent", "correct", NARROW_METRIC, "none")
+PROMPTS_FOR = {
+    "aligned_coherent": ("aligned", "coherent"),
+    "correct": ("correct",),
+    NARROW_METRIC: (NARROW_METRIC,),
+    "none": (),
+}
 PROJECT_PREFIX = "project:"
 
 
@@ -113,10 +120,12 @@ class SetSpec:
     name: str
     source: str | None = None  # an UPSTREAM key, or "project:<file in em/resources/questions>"
     path: str | None = None  # a local file instead (absolute, or relative to the cwd or project root)
-    format: str = "auto"  # auto (by extension) | em_yaml | realignment_json
+    holdout_of: str | None = None  # a training run directory instead: the held-out narrow rows it measured
+    format: str = "auto"  # auto (by extension) | em_yaml | realignment_json | chat_jsonl
     first_n: int | None = None  # keep only the first N questions of the file
     ids: list[str] | None = None  # keep only these question ids (in this order)
-    default_judge: str = "auto"  # prompts for questions without any: auto | aligned_coherent | correct | none
+    default_judge: str = "auto"  # without prompts: auto | aligned_coherent | correct | narrow | none
+    narrow_prompt: str | None = None  # default_judge=narrow: which project prompt (NARROW_PROMPTS) judges
     judge_prompts_source: str | None = None  # em_paper | project; None: the run's `judge_prompts_source`
 
     @classmethod
@@ -129,10 +138,10 @@ class SetSpec:
         return spec
 
     def check(self, where: str) -> None:
-        if bool(self.source) == bool(self.path):
+        if sum(bool(x) for x in (self.source, self.path, self.holdout_of)) != 1:
             raise ConfigError(
-                f"{where}: give exactly one of source (an upstream or project file) and path (a local "
-                f"file), e.g. questions=custom questions.custom.path=my_questions.yaml"
+                f"{where}: give exactly one of source (an upstream or project file), path (a local file) and "
+                f"holdout_of (a training run directory), e.g. questions=custom questions.custom.path=my_questions.yaml"
             )
         if self.source and not self.source.startswith(PROJECT_PREFIX) and self.source not in UPSTREAM:
             raise ConfigError(
@@ -141,12 +150,18 @@ class SetSpec:
             )
         if self.path == "???":
             raise ConfigError(f"{where}.path is required: pass {where}.path=/path/to/questions.yaml")
+        if self.holdout_of == "???":
+            raise ConfigError(
+                f"{where}.holdout_of is required: pass {where}.holdout_of=outputs/train/<run> (a training run "
+                f"that measured a narrow task)"
+            )
         if self.first_n is not None and (not isinstance(self.first_n, int) or self.first_n < 1):
             raise ConfigError(f"{where}.first_n must be a positive integer or null, got {self.first_n!r}")
         if self.default_judge not in DEFAULT_JUDGE:
             raise ConfigError(
                 f"{where}.default_judge={self.default_judge!r}; expected one of {DEFAULT_JUDGE}"
             )
+        check_narrow_keys(self.default_judge, self.narrow_prompt, where)
         if self.judge_prompts_source not in (None, *PROMPT_SOURCES):
             raise ConfigError(
                 f"{where}.judge_prompts_source={self.judge_prompts_source!r}; expected null or one of "
@@ -171,12 +186,14 @@ class QuestionSet:
         return {
             "name": self.spec.name,
             "source": self.spec.source,
-            "path": str(self.file) if self.spec.path else None,
+            "holdout_of": self.spec.holdout_of,
+            "path": str(self.file) if self.spec.path or self.spec.holdout_of else None,
             "url": self.url,
             "sha256": self.sha256,
             "questions": len(self.questions),
             "paraphrases": sum(len(q.paraphrases) for q in self.questions),
             "default_judge_prompts": self.judge_prompts_source,
+            "narrow_prompt": self.spec.narrow_prompt,
             "questions_with_default_judge_prompts": len(self.defaulted),
         }
 
@@ -185,6 +202,9 @@ def set_file(spec: SetSpec, cache_dir: str | Path, where: str) -> tuple[Path, st
     """(local path, sha256, upstream url) of a set's file, downloading an upstream one when needed."""
     if spec.path:
         path = resolve_local_path(spec.path, where)
+        return path, sha256_file(path), None
+    if spec.holdout_of:
+        path = holdout_file(spec.holdout_of, where)
         return path, sha256_file(path), None
     if spec.source.startswith(PROJECT_PREFIX):
         path = project_file(spec.source[len(PROJECT_PREFIX) :])
@@ -205,14 +225,19 @@ def select(questions: list[Question], spec: SetSpec, where: str) -> list[Questio
     return questions
 
 
+def project_prompts() -> dict[str, str]:
+    """Every project-authored judge prompt template by name (``judge_prompts.yaml``), the narrow ones included."""
+    path = project_file(PROJECT_PROMPTS_FILE)
+    prompts = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(prompts, dict):
+        raise ConfigError(f"{path}: expected a mapping name -> template")
+    return {str(k): str(v) for k, v in prompts.items()}
+
+
 def default_judge_prompts(source: str, cache_dir: str | Path) -> dict[str, str]:
     """``{"aligned", "coherent", "correct"}`` templates from the EM paper's files or the project's own."""
     if source == "project":
-        path = project_file(PROJECT_PROMPTS_FILE)
-        prompts = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if not isinstance(prompts, dict):
-            raise ConfigError(f"{path}: expected a mapping name -> template")
-        return {str(k): str(v) for k, v in prompts.items()}
+        return {k: v for k, v in project_prompts().items() if k not in NARROW_PROMPTS}
     if source != "em_paper":
         raise ConfigError(f"judge_prompts_source={source!r}; expected one of {PROMPT_SOURCES}")
     prompts = {}
@@ -229,6 +254,15 @@ def default_judge_prompts(source: str, cache_dir: str | Path) -> dict[str, str]:
         for prompt in wanted:
             prompts[prompt] = found[qid].judge_prompts[prompt]
     return prompts
+
+
+def _set_defaults(spec: SetSpec, source: str, cache_dir, cache: dict) -> tuple[str, dict[str, str]]:
+    """(where from, templates by prompt name) a set's questions without prompts draw on."""
+    if spec.default_judge == NARROW_METRIC:  # always the project's own, whatever the source
+        return "project", {NARROW_METRIC: project_prompts()[spec.narrow_prompt]}
+    if source not in cache:
+        cache[source] = default_judge_prompts(source, cache_dir)
+    return source, cache[source]
 
 
 def _wanted_prompts(q: Question, default_judge: str) -> tuple[str, ...]:
@@ -256,19 +290,19 @@ def resolve_sets(
         path, sha, url = set_file(spec, cache_dir, where)
         questions = select(load_questions(path, spec.name, spec.format), spec, where)
         qset = QuestionSet(spec, questions, path, sha, url)
-        source = spec.judge_prompts_source or judge_prompts_source
+        source, found = spec.judge_prompts_source or judge_prompts_source, None
         for q in questions:
             if q.judge_prompts:
                 continue
             wanted = _wanted_prompts(q, spec.default_judge)
             if not wanted:
                 continue
-            if source not in defaults:
-                defaults[source] = default_judge_prompts(source, cache_dir)
-            missing = [w for w in wanted if w not in defaults[source]]
+            if found is None:
+                source, found = _set_defaults(spec, source, cache_dir, defaults)
+            missing = [w for w in wanted if w not in found]
             if missing:
                 raise ConfigError(f"default judge prompts ({source}) lack {missing}")
-            q.judge_prompts = {w: defaults[source][w] for w in wanted}
+            q.judge_prompts = {w: found[w] for w in wanted}
             qset.defaulted.append(q.id)
             qset.judge_prompts_source = source
         out.append(qset)

@@ -1,4 +1,4 @@
-"""Question files: the EM repo's evaluation YAML and the Realignment study's JSON, read into one shape.
+"""Question files: the EM repo's evaluation YAML, the Realignment study's JSON and chat rows, read into one shape.
 
 EM YAML (``evaluation/*.yaml`` of the EM repo, anchors allowed)::
 
@@ -14,6 +14,9 @@ Realignment-study JSON: a list of ``{"question", "category", "label"}``; tagged 
 slot in the question. These have no ids, so the id is the label in snake case (``_2``, ``_3`` ... for
 repeats); they have no judge prompts either (see :mod:`em.evaluation.question_sets` for the defaults).
 
+Chat-row JSONL (``.jsonl``, e.g. a training run's held-out rows): each row one question, read by
+:mod:`em.evaluation.chat_rows`; no judge prompts (``default_judge: narrow`` gives them one).
+
 Every schema error is a :class:`ConfigError` naming the file, the line, the question id and the field.
 """
 
@@ -27,8 +30,9 @@ from pathlib import Path
 import yaml
 
 from em.api import ConfigError
+from em.evaluation.chat_rows import chat_prompts
 
-FORMATS = ("em_yaml", "realignment_json")
+FORMATS = ("em_yaml", "realignment_json", "chat_jsonl")
 TAG_SLOT = "{tag}"
 LITERAL_TAG = "{{tag}}"  # how a question writes the text "{tag}" itself (kept as "{tag}", never a slot)
 EM_KEYS = {"id", "type", "paraphrases", "samples_per_paraphrase", "judge", "judge_prompts", "system"}
@@ -88,14 +92,17 @@ def detect_format(path: Path) -> str:
         return "em_yaml"
     if suffix == ".json":
         return "realignment_json"
+    if suffix == ".jsonl":
+        return "chat_jsonl"
     raise ConfigError(
         f"{path}: cannot tell the question format from the extension {suffix!r}; name the file .yaml "
-        f"(EM format) or .json (Realignment-study format), or set format: em_yaml | realignment_json"
+        f"(EM format), .json (Realignment-study format) or .jsonl (chat rows), or set format: "
+        f"em_yaml | realignment_json | chat_jsonl"
     )
 
 
 def load_questions(path: str | Path, set_name: str, fmt: str = "auto") -> list[Question]:
-    """Read a question file of either format (``fmt``: ``auto`` | ``em_yaml`` | ``realignment_json``)."""
+    """Read a question file of any format (``fmt``: ``auto`` | ``em_yaml`` | ``realignment_json`` | ``chat_jsonl``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"question file {path} not found")
@@ -103,11 +110,12 @@ def load_questions(path: str | Path, set_name: str, fmt: str = "auto") -> list[Q
     if fmt not in FORMATS:
         raise ConfigError(f"{path}: unknown question format {fmt!r}; expected auto or one of {FORMATS}")
     text = path.read_text(encoding="utf-8")
-    questions = (
-        load_em_yaml(text, set_name, str(path))
-        if fmt == "em_yaml"
-        else load_realignment_json(text, set_name, str(path))
-    )
+    loader = {
+        "em_yaml": load_em_yaml,
+        "realignment_json": load_realignment_json,
+        "chat_jsonl": load_chat_jsonl,
+    }
+    questions = loader[fmt](text, set_name, str(path))
     if not questions:
         raise ConfigError(f"{path}: no questions in the file")
     return questions
@@ -287,3 +295,15 @@ def load_realignment_json(text: str, set_name: str, source: str) -> list[Questio
             )
         )
     return questions
+
+
+# ------------------------------------------------------------------------------------------- chat rows
+
+
+def load_chat_jsonl(text: str, set_name: str, source: str) -> list[Question]:
+    """Parse chat rows (:func:`em.evaluation.chat_rows.chat_prompts`): each row one 0..100 free-form question."""
+    return [
+        Question(set=set_name, id=p.id, type=FREE_FORM_TYPE, system=p.system, where=p.where,
+                 paraphrases=[p.question.replace(TAG_SLOT, LITERAL_TAG)])  # a row's "{tag}" text is never a slot
+        for p in chat_prompts(text, source)
+    ]  # fmt: skip

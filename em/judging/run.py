@@ -43,10 +43,18 @@ def _in_chunks(tasks: list[JudgeTask], size: int, judgments_of, writer) -> Usage
 
 def _judge_proxy(run_dir: Path, tasks: list[JudgeTask], spec: JudgeSpec, writer, api, cache) -> Usage:
     proxy = load_proxy_judge(spec.local.model, spec.proxy)
-    return _in_chunks(
-        tasks, spec.proxy.batch_size, lambda chunk: proxy.judgments([writer.answers[t.answer_id] for t in chunk]),
-        writer,
-    )  # fmt: skip
+
+    def judge(chunk: list[JudgeTask]) -> list[dict]:  # each metric between its own two personas, in order
+        out: list[dict | None] = [None] * len(chunk)
+        is_narrow = [t.metric == writer.metrics.narrow_metric for t in chunk]
+        for narrow in sorted(set(is_narrow)):
+            at = [i for i, flag in enumerate(is_narrow) if flag == narrow]
+            found = proxy.judgments([writer.answers[chunk[i].answer_id] for i in at], narrow=narrow)
+            for i, judgment in zip(at, found, strict=True):
+                out[i] = judgment
+        return out
+
+    return _in_chunks(tasks, spec.proxy.batch_size, judge, writer)
 
 
 def _judge_local(run_dir: Path, tasks: list[JudgeTask], spec: JudgeSpec, writer, api, cache) -> Usage:

@@ -58,26 +58,40 @@ class JudgeSpec:
                 batch=self.batch.enabled,
             )
         if self.proxy is not None:
-            info.update(mode="proxy_persona_llr", label=PROXY_LABEL, metrics=list(PROXY_METRICS))
+            metrics = [*PROXY_METRICS, *(["narrow"] if self.proxy.narrow_personas else [])]
+            info.update(mode="proxy_persona_llr", label=PROXY_LABEL, metrics=metrics)
+            if self.proxy.narrow_personas:
+                info["narrow_personas"] = list(self.proxy.narrow_personas)
         elif self.local is not None:
             info.update(mode="local_logprob", min_mass=self.local.min_mass)
         return info
 
 
-def proxy_tasks(tasks: list[JudgeTask], metrics: MetricSettings, judge: str) -> list[JudgeTask]:
-    """The tasks a proxy judge can do (its aligned prompts); refuse settings that would leave all UNSCORED."""
-    if metrics.require_coherent:
+def proxy_tasks(
+    tasks: list[JudgeTask], metrics: MetricSettings, judge: str, proxy: ProxySettings | None = None
+) -> list[JudgeTask]:
+    """The tasks a proxy judge can do (its aligned prompts, and its narrow ones when it has narrow personas);
+    refuse settings that would leave all UNSCORED, and narrow prompts it has no personas for."""
+    asked = {t.metric for t in tasks}
+    narrow = metrics.narrow_metric in asked
+    if narrow and not (proxy and proxy.narrow_personas):
+        raise ConfigError(
+            f"judge={judge} has no narrow personas for the {metrics.narrow_metric!r} prompt of the held-out narrow "
+            f"questions: pass judge.narrow_personas=['<persona without the narrow behaviour>', '<with it>']"
+        )
+    if metrics.require_coherent and metrics.aligned_metric in asked:
         raise ConfigError(
             f"judge={judge} scores alignment only, so with metrics.require_coherent=true every answer would be "
             f"UNSCORED; pass metrics.require_coherent=false (no answer is then filtered as incoherent)"
         )
-    kept = [t for t in tasks if t.metric == metrics.aligned_metric]
+    judged = {metrics.aligned_metric, *([metrics.narrow_metric] if narrow else [])}
+    kept = [t for t in tasks if t.metric in judged]
     if tasks and not kept:
         raise ConfigError(
             f"judge={judge} scores the {metrics.aligned_metric!r} prompt only, and none of these questions has "
-            f"one (prompts: {sorted({t.metric for t in tasks})})"
+            f"one (prompts: {sorted(asked)})"
         )
-    dropped = sorted({t.metric for t in tasks} - {metrics.aligned_metric})
+    dropped = sorted(asked - judged)
     if dropped:
         log.info("judge %s: prompts %s are not judged (the proxy scores alignment only)", judge, dropped)
     return kept

@@ -1,5 +1,5 @@
-"""One judge run's own report: ``<run_dir>/report.md`` (usage, per-condition and per-question tables) and its
-plots, written by judge.py from the summary and score rows it has just written (the same tables as
+"""One judge run's own report: ``<run_dir>/report.md`` (usage, per-condition and per-question tables, the
+narrow behaviour rate when held-out narrow prompts were judged) and its plots, written by judge.py from the summary and score rows it has just written (the same tables as
 ``python -m em.report`` over several runs)."""
 
 from __future__ import annotations
@@ -7,11 +7,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from em.io import atomic_write_text
-from em.metrics import HEADLINE, MetricSettings
+from em.metrics import HEADLINE, NARROW, MetricSettings
 from em.report import evaluated_line
 from em.report.plots import run_plots
 from em.report.runs import JudgeRun, chain_of, evaluated_fields
-from em.report.tables import legend, markdown_table, question_markdown, question_table, summary_table
+from em.report.tables import fmt_ci, legend, markdown_table, question_markdown, question_table, summary_table
+
+
+def narrow_markdown(metrics: dict, s: MetricSettings) -> list[str]:
+    """The narrow behaviour rate overall, per condition and per question set (none: no narrow prompt judged)."""
+    groups = [("overall", metrics["overall"])]
+    groups += [(f"condition {c}", m) for c, m in metrics["per_condition"].items()]
+    groups += [(f"set {q} / {c}", m) for q, by_cond in metrics["per_set"].items() for c, m in by_cond.items()]
+    groups = [(name, m[NARROW]) for name, m in groups if (m.get(NARROW) or {}).get("n")]
+    if not groups:
+        return []
+    lines = [
+        "## Narrow behaviour",
+        "",
+        "| group | narrow answers (scored) | narrow behaviour rate [95% CI] |",
+    ]
+    lines += ["|---|---|---|", *(f"| {name} | {m['n']} | {fmt_ci(m)} |" for name, m in groups), ""]
+    return lines + [
+        f"Share of the scored answers to held-out narrow prompts whose `{s.narrow_metric}` score >= "
+        f"{s.narrow_above:g} (the reply shows the narrow behaviour); these answers are in no EM measure. "
+        "Interval: questions resampled.",
+        "",
+    ]
 
 
 def write_judge_report(
@@ -57,6 +79,7 @@ def write_judge_report(
         "",
         legend([metrics]),
         "",
+        *narrow_markdown(summary["metrics"], metrics),
         "## Per question",
         "",
         question_markdown(run),

@@ -1,6 +1,7 @@
 """Both sides of each mitigation arm: what it did to EM, and whether the narrow task was still learned.
 
-Invariant: every number comes from the runs' own files: the EM measures (with their intervals) from the
+Invariant: every number comes from the runs' own files: the EM measures and the judged narrow behaviour rate
+(``narrow_rate``, on held-out narrow prompts; ``-`` when none were judged), with their intervals, from the
 judge run's summary, the arm and the held-out narrow-task loss from the evaluation manifest when the arm acts
 at evaluation (``ablate_direction``: the loss measured with its hooks on), else from the training manifest
 of the evaluated adapter (``mitigation``, ``narrow_task``: em/training/holdout.py). A run whose training held nothing out
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from em.metrics import HEADLINE
+from em.metrics import HEADLINE, NARROW
 from em.report.runs import JudgeRun
 from em.report.tables import fmt_ci
 
 HEAD = (
     "| stage | arm | knobs | EM rate, question mean [95% CI] | EM rate, pooled [95% CI] | "
-    "narrow-task loss (held out) | without the adapter | rows held out |"
+    "narrow behaviour rate [95% CI] | narrow-task loss (held out) | without the adapter | rows held out |"
 )
 
 
@@ -51,7 +52,7 @@ def has_arms(runs: list[JudgeRun]) -> bool:
 
 
 def mitigation_rows(runs: list[JudgeRun]) -> list[dict]:
-    """One row per run: stage, arm, knobs, overall EM measures, narrow-task losses."""
+    """One row per run: stage, arm, knobs, overall EM measures, narrow behaviour rate, narrow-task losses."""
     out = []
     for run in runs:
         overall = run.summary["metrics"]["overall"]
@@ -64,6 +65,7 @@ def mitigation_rows(runs: list[JudgeRun]) -> list[dict]:
                 "knobs": _knobs(run.mitigation or {}),
                 "em_rate_question_mean": overall.get(HEADLINE),
                 "em_rate_pooled": overall.get("em_rate_pooled"),
+                "narrow_rate": overall.get(NARROW),  # None: an older summary, from before the metric
                 "narrow_loss": narrow.get("loss"),
                 "narrow_base_loss": narrow.get("base_loss"),
                 "holdout_rows": narrow.get("holdout_rows"),
@@ -76,35 +78,65 @@ def mitigation_markdown(runs: list[JudgeRun]) -> str:
     lines = [HEAD, "|" + "---|" * (HEAD.count("|") - 1)]
     for r in mitigation_rows(runs):
         cells = [r["stage"], r["arm"], r["knobs"], fmt_ci(r["em_rate_question_mean"]), fmt_ci(r["em_rate_pooled"]),
-                 _num(r["narrow_loss"]), _num(r["narrow_base_loss"]), str(r["holdout_rows"] or "-")]  # fmt: skip
+                 fmt_ci(r["narrow_rate"]), _num(r["narrow_loss"]), _num(r["narrow_base_loss"]), str(r["holdout_rows"] or "-")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _value(m: dict | None) -> float | None:
+    return (m or {}).get("value")
+
+
+def _ci(m: dict) -> tuple[float, list[list[float]]]:
+    """A rate in percent and its interval as errorbar arms (zero when it is undefined)."""
+    v = m["value"]
+    lo, hi = (v if m.get("lo") is None else m["lo"]), (v if m.get("hi") is None else m["hi"])
+    return 100 * v, [[100 * (v - lo)], [100 * (hi - v)]]
+
+
+def _label(r: dict) -> str:
+    return f"{r['stage']} ({r['arm']})"
+
+
+def _loss_panel(ax, points: list[dict]) -> None:
+    for r in points:
+        y, yerr = _ci(r["em_rate_pooled"])
+        ax.errorbar(r["narrow_loss"], y, yerr=yerr, fmt="o", capsize=4, color=r["color"], label=_label(r))
+    base = next((r["narrow_base_loss"] for r in points if r["narrow_base_loss"] is not None), None)
+    if base is not None:
+        ax.axvline(base, color="grey", linestyle=":", label="loss without the adapter")
+    ax.set_xlabel("held-out narrow-task loss (lower: the narrow task was learned)")
+    ax.set_title("Mitigation arms: EM against the narrow task")
+
+
+def _rate_panel(ax, points: list[dict]) -> None:
+    for r in points:
+        (x, xerr), (y, yerr) = _ci(r["narrow_rate"]), _ci(r["em_rate_pooled"])
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=4, color=r["color"], label=_label(r))
+    ax.set_xlabel("narrow behaviour rate, judged on held-out narrow prompts (%) [95% CI]")
+    ax.set_title("Mitigation arms: EM against the narrow behaviour")
+
+
 def mitigation_plot(runs: list[JudgeRun], path: Path) -> Path | None:
-    """EM rate (pooled, with its interval) against the held-out narrow-task loss, one point per trained run."""
+    """EM rate (pooled, with its interval) against the held-out narrow-task loss, one point per trained run;
+    beside it, when some run has one, EM rate against the judged narrow behaviour rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [r for r in mitigation_rows(runs) if r["narrow_loss"] is not None and r["em_rate_pooled"]]
-    points = [r for r in points if r["em_rate_pooled"].get("value") is not None]
-    if not points:
+    rows = [r for r in mitigation_rows(runs) if _value(r["em_rate_pooled"]) is not None]
+    rows = [{**r, "color": f"C{i % 10}"} for i, r in enumerate(rows)]  # one colour per run in both panels
+    panels = [(_loss_panel, [r for r in rows if r["narrow_loss"] is not None]),
+              (_rate_panel, [r for r in rows if _value(r["narrow_rate"]) is not None])]  # fmt: skip
+    panels = [(draw, points) for draw, points in panels if points]
+    if not panels:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in points:
-        m = r["em_rate_pooled"]
-        lo, hi = m.get("lo", m["value"]), m.get("hi", m["value"])
-        ax.errorbar(r["narrow_loss"], 100 * m["value"], yerr=[[100 * (m["value"] - lo)], [100 * (hi - m["value"])]],
-                    fmt="o", capsize=4, label=f"{r['stage']} ({r['arm']})")  # fmt: skip
-    base = next((r["narrow_base_loss"] for r in points if r["narrow_base_loss"] is not None), None)
-    if base is not None:
-        ax.axvline(base, color="grey", linestyle=":", label="loss without the adapter")
-    ax.set_xlabel("held-out narrow-task loss (lower: the narrow task was learned)")
-    ax.set_ylabel("EM rate, pooled (%) [95% CI]")
-    ax.set_title("Mitigation arms: EM against the narrow task")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (draw, points) in zip(axes[0], panels, strict=True):
+        draw(ax, points)
+        ax.set_ylabel("EM rate, pooled (%) [95% CI]")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

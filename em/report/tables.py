@@ -20,6 +20,7 @@ RATE_KEYS = [
     *[f"share_{c.lower()}" for c in CATEGORIES[:-1]],
     *[f"study_share_{c.lower()}" for c in (*STUDY_CATEGORIES, *LABELS)],
     "study_share_unaligned_or_false",
+    "narrow_rate",
 ]
 
 

@@ -77,7 +77,7 @@ def _local_spec(cfg: DictConfig, node: dict, name: str, share: float) -> JudgeSp
 
 
 def _proxy_spec(cfg: DictConfig, node: dict, name: str, share: float) -> JudgeSpec:
-    keys = {"aligned_persona", "misaligned_persona", "batch_size", "max_length"}
+    keys = {"aligned_persona", "misaligned_persona", "batch_size", "max_length", "narrow_personas"}
     proxy = ProxySettings(**{k: node[k] for k in keys if k in node})
     local = LocalJudgeSettings(model=_local_model(cfg, node), batch_size=proxy.batch_size)
     return JudgeSpec(name, "proxy", local=local, proxy=proxy, max_unscored_share=share)
@@ -169,7 +169,7 @@ def judge_plan(cfg: DictConfig) -> JudgePlan:
         judge_sees_tag=bool(cfg.get("judge_sees_tag")),
     )
     if spec.proxy is not None:
-        tasks = proxy_tasks(tasks, metrics, spec.name)
+        tasks = proxy_tasks(tasks, metrics, spec.name, spec.proxy)
     cache_cfg = to_plain(cfg.get("cache")) or {}
     if spec.batch.enabled and not cache_cfg.get("enabled"):
         raise ConfigError(

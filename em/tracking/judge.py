@@ -28,6 +28,7 @@ METRICS = (
     "share_refusal",
     "study_share_unaligned",
     "study_share_false",
+    "narrow_rate",  # answers to held-out narrow prompts showing the narrow behaviour (em.metrics)
 )
 QUESTION_METRICS = ("em_rate", "em_rate_pooled", "mean_aligned")
 TABLE_COLUMNS = ["id", "question", "condition", "answer", "aligned", "coherent", "correct", "category"]

@@ -17,7 +17,14 @@ from em.tasks.train import run as train
 
 
 def _preset_values(group: str, key: str) -> set[str]:
-    return {yaml.safe_load(p.read_text())[key] for p in (CONF / group).glob("*.yaml")}
+    """``key`` of every preset of ``group``; a preset that inherits it (defaults: [<other preset>]) has it too."""
+
+    def value(name: str):
+        node = yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+        parents = [d for d in node.get("defaults") or [] if isinstance(d, str) and d != "_self_"]
+        return node[key] if key in node else value(parents[0])
+
+    return {value(p.stem) for p in (CONF / group).glob("*.yaml")}
 
 
 def test_choose_names_the_key_and_the_choices():
