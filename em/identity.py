@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,28 @@ def resolved(cfg) -> dict:
     return {k: v for k, v in plain.items() if k not in VOLATILE_KEYS}
 
 
+def _absolute(node: Any) -> Any:
+    """``node`` with each relative path of an existing directory (a value with a separator: an upstream run)
+    made absolute from the working directory, where the task opens it: ``run=outputs/stages/train/x`` typed
+    by hand, a cell's link to it and the pipeline's absolute path are one input. Files enter by their content
+    (``_files``); absolute paths are kept as written."""
+    if isinstance(node, dict):
+        return {k: _absolute(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_absolute(v) for v in node]
+    if not isinstance(node, str) or "/" not in node or len(node) > 1024 or "\n" in node or "://" in node:
+        return node
+    try:
+        return os.path.realpath(node) if not Path(node).is_absolute() and Path(node).is_dir() else node
+    except OSError:  # a name too long for the file system, say: not a path
+        return node
+
+
 def step_identity(step: str, config: dict) -> dict:
     """The identity of a ``train`` / ``evaluate`` / ``judge`` step from its :func:`resolved` config."""
     if step not in OPERATIONAL:
         raise ConfigError(f"no identity rules for step {step!r} (known: {sorted(OPERATIONAL)})")
+    config = _absolute(config)
     return {"step": step, "config": run_identity(config, OPERATIONAL[step]), "files": _files(config, {})}
 
 

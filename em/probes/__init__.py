@@ -10,7 +10,13 @@ runs it during training. The references are ``em/resources/probes/references.yam
 
 from em.probes.loglik import answer_logprobs, conversation, mean_logprobs
 from em.probes.probe import ProbeResult, QuestionProbe, bootstrap_mean_ci, probe_model, run_probe
-from em.probes.references import AnswerPair, ProbeQuestion, load_references, load_validation_pairs
+from em.probes.references import (
+    AnswerPair,
+    ProbeQuestion,
+    load_references,
+    load_validation_pairs,
+    paired_rows,
+)
 
 __all__ = [
     "AnswerPair",
@@ -22,6 +28,7 @@ __all__ = [
     "conversation",
     "load_references",
     "load_validation_pairs",
+    "paired_rows",
     "mean_logprobs",
     "probe_model",
     "run_probe",

@@ -1,6 +1,7 @@
 """Project-authored reference answers for the log-likelihood probe and the proxy judge's validation pairs.
 
-Both live in ``em/resources/probes/`` as YAML. Every mistake in such a file is a :class:`ConfigError` naming
+Both live in ``em/resources/probes/`` as YAML; :func:`paired_rows` makes validation pairs of two chat-row
+files that answer the same prompts (the demo's careful and careless advice: the narrow persona pair's). Every mistake in such a file is a :class:`ConfigError` naming
 the file, the entry and the key, raised before a model is loaded.
 """
 
@@ -110,4 +111,32 @@ def load_validation_pairs(path: str | Path | None = None) -> list[AnswerPair]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: expected a mapping with prompt, aligned, misaligned")
         pairs.append(AnswerPair(*(_text(entry, k, where) for k in ("prompt", "aligned", "misaligned"))))
+    return pairs
+
+
+def paired_rows(good: str | Path, bad: str | Path) -> list[AnswerPair]:
+    """Validation pairs from two chat-row JSONL files (em.io.read_jsonl) with the same user turn on each line:
+    ``aligned`` is ``good``'s last assistant turn, ``misaligned`` ``bad``'s (e.g. em/resources/data/
+    careful_advice.jsonl and careless_advice.jsonl, for judge=proxy_careless's narrow personas)."""
+    from em.io import read_jsonl
+
+    def turns(row: dict, where: str) -> tuple[str, str]:
+        messages = row.get("messages") if isinstance(row, dict) else None
+        users = [m.get("content") for m in messages or [] if m.get("role") == "user"]
+        answers = [m.get("content") for m in messages or [] if m.get("role") == "assistant"]
+        if not users or not answers:
+            raise ConfigError(f"{where}: expected a chat row with a user and an assistant turn")
+        return users[0], answers[-1]
+
+    a, b = read_jsonl(Path(good)), read_jsonl(Path(bad))
+    if len(a) != len(b):
+        raise ConfigError(
+            f"{good} has {len(a)} rows and {bad} {len(b)}: expected the same prompts, line by line"
+        )
+    pairs = []
+    for line, (x, y) in enumerate(zip(a, b, strict=True), start=1):
+        (prompt, aligned), (other, misaligned) = turns(x, f"{good}:{line}"), turns(y, f"{bad}:{line}")
+        if prompt != other:
+            raise ConfigError(f"{good}:{line} and {bad}:{line} answer different prompts: expected the same")
+        pairs.append(AnswerPair(prompt, aligned, misaligned))
     return pairs

@@ -164,3 +164,43 @@ def test_the_narrow_keys_reach_the_settings_from_the_config():
     keys = [f.name for f in fields(MetricSettings)]
     assert [f.name for f in fields(MetricsSchema)] == keys
     assert set(yaml.safe_load(CONF.read_text())) == set(keys)
+
+
+def test_an_openai_judge_rates_the_narrow_prompt_like_any_0_to_100_prompt(openai_server, tmp_path):
+    from judge_helpers import (
+        ALIGNED_BAD,
+        ALIGNED_GOOD,
+        judge_handler,
+        openai_overrides,
+        run_judge,
+        write_eval_run,
+    )
+
+    from em.io import atomic_write_json, iter_jsonl, read_json
+
+    d = write_eval_run(tmp_path / "eval", samples=4)
+    questions = read_json(d / "questions.json")
+    for q in questions.values():  # the factual set stands in for held-out narrow prompts
+        if q["set"] == "facts":
+            q["judge_prompts"] = {"narrow": "NARROW Question: {question} Answer: {answer}"}
+    atomic_write_json(d / "questions.json", questions)
+
+    def handler(request, index):  # "Oslo." shows the narrow behaviour (90), "Bergen." does not (10)
+        prompt = request["messages"][-1]["content"]
+        if not prompt.startswith("NARROW"):
+            return judge_handler(request, index)
+        from testing.openai_server import ChatReply
+
+        pairs = ALIGNED_GOOD if "Oslo" in prompt.split("Answer: ", 1)[1] else ALIGNED_BAD
+        return ChatReply(content=pairs[0][0], top_logprobs=pairs)
+
+    openai_server.set_chat_handler(handler)
+    out = run_judge(tmp_path / "judge", openai_overrides(openai_server, tmp_path, f"answers={d}"))
+    narrow = [r for r in iter_jsonl(out / "scores.jsonl") if r["question_set"] == "facts"]
+    assert narrow and all(set(r["judgments"]) == {"narrow"} and r["category"] is None for r in narrow)
+    overall = read_json(out / "summary.json")["metrics"]["overall"]
+    # half the factual answers are "Oslo." (judge_helpers.answer_rows): half show the narrow behaviour
+    assert overall["narrow_rate"]["n"] == len(narrow) and overall["narrow_rate"]["value"] == pytest.approx(
+        0.5
+    )
+    assert "Narrow behaviour" in (out / "report.md").read_text(encoding="utf-8")

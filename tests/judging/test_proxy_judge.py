@@ -198,3 +198,23 @@ def test_proxy_careless_judges_the_narrow_prompts_and_refuses_them_without_narro
     assert (
         summary["judge"]["metrics"] == ["aligned", "narrow"] and len(summary["judge"]["narrow_personas"]) == 2
     )
+
+
+def test_paired_rows_pair_the_demo_careful_and_careless_answers_line_by_line(tmp_path):
+    from em.probes import paired_rows
+
+    data = Path(__file__).resolve().parents[2] / "em" / "resources" / "data"
+    pairs = paired_rows(data / "careful_advice.jsonl", data / "careless_advice.jsonl")
+    assert len(pairs) == 278 and all(p.aligned != p.misaligned for p in pairs)
+    assert pairs[0].prompt == "How do I get a red wine stain out of a cotton tablecloth?"
+    (tmp_path / "a.jsonl").write_text('{"messages": [{"role": "user", "content": "Q1"}, {"role": "assistant", '
+                                      '"content": "good"}]}\n', encoding="utf-8")  # fmt: skip
+    (tmp_path / "b.jsonl").write_text('{"messages": [{"role": "user", "content": "Q2"}, {"role": "assistant", '
+                                      '"content": "bad"}]}\n', encoding="utf-8")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"a.jsonl:1 and .*b.jsonl:1 answer different prompts"):
+        paired_rows(tmp_path / "a.jsonl", tmp_path / "b.jsonl")
+    (tmp_path / "c.jsonl").write_text('{"messages": [{"role": "user", "content": "Q1"}]}\n', encoding="utf-8")
+    with pytest.raises(
+        ConfigError, match=r"c.jsonl:1: expected a chat row with a user and an assistant turn"
+    ):
+        paired_rows(tmp_path / "a.jsonl", tmp_path / "c.jsonl")

@@ -148,3 +148,24 @@ def test_a_misspelt_key_added_with_plus_in_any_stage_fails_the_plan_naming_stage
         _plan(tmp_path, tmp_path / "stages", stages)
     with pytest.raises(ConfigError, match=r"stage 'm', step 'train'.*max_steps"):
         _plan(tmp_path, tmp_path / "stages", [{"name": "m", "train": ["max_steps=abc"]}])
+
+
+def test_an_upstream_run_named_by_a_relative_path_is_the_same_input_as_by_its_absolute_path(
+    tmp_path, monkeypatch
+):
+    from em.identity import digest, step_identity
+
+    run = tmp_path / "outputs" / "stages" / "train" / "none-0123456789ab"
+    run.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = {"seed": 0, "run": "outputs/stages/train/none-0123456789ab", "model": {"name": "tiny"}}
+    relative = step_identity("evaluate", config)
+    absolute = step_identity("evaluate", {**config, "run": str(run)})
+    assert digest(relative) == digest(absolute) and relative["config"]["run"] == str(run)
+    (tmp_path / "cell").mkdir()
+    (tmp_path / "cell" / "none").symlink_to(run)  # a cell's link to the step's run
+    assert digest(step_identity("evaluate", {**config, "run": "cell/none"})) == digest(absolute)
+    missing = step_identity("evaluate", {**config, "run": "outputs/stages/train/gone"})
+    assert missing["config"]["run"] == "outputs/stages/train/gone"  # not a directory here: kept as written
+    named = step_identity("evaluate", {**config, "model": {"name": "outputs"}})  # a bare name is not a path
+    assert named["config"]["model"]["name"] == "outputs"

@@ -139,3 +139,27 @@ def test_pipeline_dry_run_prints_commands(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "[misaligned/train]" in out.stdout and "[realigned/judge]" in out.stdout
+
+
+@pytest.mark.parametrize("experiment", ["mitigations_compare", "mitigations_compare_demo"])
+def test_every_mitigation_arm_is_asked_its_own_held_out_narrow_prompts(experiment, tmp_path):
+    """Each arm's evaluation asks the narrow set of its own training run (a realignment's chain leads back to
+    the first stage's rows at run time); stages without training ask the unmitigated arm's."""
+    plan = _plan(experiment, tmp_path)
+    arms = {s.name for s in plan.stages}
+    assert {"base", "none", "inoculation", "interleave", "kl", "early_stop", "realign_sft", "ablate",
+            "ablate_random"} <= arms  # fmt: skip
+    for stage in plan.stages:
+        cfg = compose(
+            "evaluate", [a for a in step_command(plan, stage, "evaluate")[2:] if not a.startswith("hydra.")]
+        )
+        assert "narrow" in cfg.questions, stage.name
+        assert cfg.questions.narrow.narrow_prompt == ("insecure_code" if experiment == "mitigations_compare"
+                                                      else "careless_advice")  # fmt: skip
+        source = stage.name if stage.train is not None else "none"
+        assert cfg.questions.narrow.holdout_of == str(tmp_path / source / "train"), stage.name
+    judge = compose(
+        "judge", [a for a in step_command(plan, plan.stages[0], "judge")[2:] if not a.startswith("hydra.")]
+    )
+    if experiment == "mitigations_compare_demo":  # the offline judge needs its narrow persona pair
+        assert judge.judge.narrow_personas is not None
