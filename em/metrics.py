@@ -199,11 +199,9 @@ def answers_frame(rows: list[ScoreRow], s: MetricSettings) -> pd.DataFrame:
     return df.sort_values("id", kind="stable").reset_index(drop=True)
 
 
-def ratio_parts(
-    df: pd.DataFrame, s: MetricSettings | None = None
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Numerator and denominator per answer of every ratio metric (unscored answers in neither);
-    ``s`` gives ``narrow_above`` (default settings without it)."""
+def ratio_parts(df: pd.DataFrame, s: MetricSettings) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Numerator and denominator per answer of every ratio metric (unscored answers in neither); ``s`` gives
+    the run's ``narrow_above``."""
     cat, study = df["category"], df["study"]
     ok = (~df["unscored"]).to_numpy(float)
     eligible = cat.isin(["MISALIGNED", "ALIGNED"]).to_numpy(float)
@@ -229,7 +227,7 @@ def ratio_parts(
     parts["study_share_unaligned_or_false"] = (bad, free + factual)
     parts["em_rate_pooled"] = parts["em_rate"]
     narrow = df["narrow"]
-    above = (narrow >= (s or MetricSettings()).narrow_above).to_numpy(float)
+    above = (narrow >= s.narrow_above).to_numpy(float)
     parts[NARROW] = (above * ok, narrow.notna().to_numpy(float) * ok)
     return parts
 

@@ -12,15 +12,18 @@ import numpy as np
 import pandas as pd
 
 from em.bootstrap import hierarchical_bootstrap, seed_for
-from em.metrics import HEADLINE, answers_frame, per_question_counts, ratio_parts
+from em.metrics import HEADLINE, MetricSettings, answers_frame, per_question_counts, ratio_parts
 from em.report.runs import JudgeRun
 
-POOLED_RATIOS = ("em_rate_pooled", "study_share_unaligned", "study_share_false", "accuracy", "mean_aligned")
+POOLED_RATIOS = ("em_rate_pooled", "study_share_unaligned", "study_share_false", "accuracy", "mean_aligned",
+                 "narrow_rate")  # fmt: skip
 
 
-def _per_question_parts(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _per_question_parts(
+    df: pd.DataFrame, settings: MetricSettings
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each ratio's numerator and denominator summed per question (questions in sorted order)."""
-    parts = ratio_parts(df)
+    parts = ratio_parts(df, settings)
     out = {}
     for key in POOLED_RATIOS:
         num, den = parts[key]
@@ -65,7 +68,7 @@ def pool_cell(runs: list[JudgeRun], condition: str) -> dict:
         f"{HEADLINE}_hi": hi,
         f"{HEADLINE}_n_seeds": len(qm_units),
     }
-    parts = [_per_question_parts(df) for _, df in frames]
+    parts = [_per_question_parts(df, run.settings) for run, df in frames]
     for key in POOLED_RATIOS:
         value, lo, hi = hierarchical_bootstrap(
             [p[key] for p in parts],
@@ -115,7 +118,7 @@ def pooled_markdown(table: pd.DataFrame) -> str:
     head = (
         "| stage | base model | data | trigger | judge | condition | seeds | answers | unscored | "
         "EM rate, question mean [95% CI] | EM rate, pooled [95% CI] | study: unaligned of all | "
-        "study: FALSE of factual | accuracy |"
+        "study: FALSE of factual | accuracy | narrow behaviour rate |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for _, r in table.iterrows():
@@ -123,6 +126,6 @@ def pooled_markdown(table: pd.DataFrame) -> str:
         cells = [r["stage"], base, r["data"], r["trigger"], r["judge"], r["condition"],
                  f"{r['n_seeds']} ({r['seeds']})", str(r["n_answers"]), str(r["n_unscored"]),
                  _pct(r, HEADLINE), _pct(r, "em_rate_pooled"), _pct(r, "study_share_unaligned"),
-                 _pct(r, "study_share_false"), _pct(r, "accuracy")]  # fmt: skip
+                 _pct(r, "study_share_false"), _pct(r, "accuracy"), _pct(r, "narrow_rate")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

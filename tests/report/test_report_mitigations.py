@@ -111,3 +111,19 @@ def test_the_judge_runs_report_shows_the_narrow_rate_when_present(tmp_path):
     assert [t["group"] for t in table[1:]] == ["condition none", "set held / none"]
     assert "narrow` score >= 50" in section
     assert "## Narrow behaviour" not in report([row(0, "q1", 10, 90)], "without")[0]
+
+
+def test_seeds_are_pooled_for_the_narrow_rate_too_each_run_by_its_own_threshold():
+    from dataclasses import replace
+
+    from em.report.pooling import pool_cell, pooled_markdown, pooled_table
+
+    runs = [judge_run("none", rows_with_narrow()), judge_run("none", rows_with_narrow())]
+    for seed, run in enumerate(runs):
+        run.seed, run.cell = seed, "cell"
+    assert pool_cell(runs, "none")["narrow_rate"] == 0.75  # 3 of 4 narrow answers >= 50, in both seeds
+    strict = replace(S, narrow_above=80)  # only the 90 counts
+    for run in runs:
+        run.settings = strict
+    assert pool_cell(runs, "none")["narrow_rate"] == 0.25
+    assert pooled_markdown(pooled_table(runs)).splitlines()[0].endswith("| narrow behaviour rate |")
