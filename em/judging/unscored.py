@@ -10,6 +10,9 @@ A run whose unscored share passes ``judge.max_unscored_share`` fails, after ever
 from __future__ import annotations
 
 MAX_UNSCORED_SHARE = 0.2  # more unscored answers than this and the numbers rest on a biased subset
+# Prompts without a category that are answered with a number only: no score is a failure (the held-out narrow
+# prompts' ``narrow``, em.evaluation.holdout_questions.NARROW_METRIC).
+SCORED_ONLY = ("narrow",)
 
 
 class UnscoredShareError(RuntimeError):
@@ -30,10 +33,12 @@ def judgment_unscored_reason(j: dict) -> str | None:
 
 
 def row_reasons(judgments: dict[str, dict], category: str | None) -> dict[str, str]:
-    """metric -> reason, for an UNSCORED row (or a label-only row whose reply could not be scored)."""
+    """metric -> reason, for an UNSCORED row (or a row without a category whose reply could not be scored)."""
     reasons = {m: judgment_unscored_reason(j) for m, j in sorted(judgments.items())}
-    if category is None:  # label prompts only: a word mass under min_mass is an answer, not a failure
-        reasons = {m: r for m, r in reasons.items() if judgments[m].get("unscored_reason")}
+    if category is None:  # label prompts: a word mass under min_mass is an answer, not a failure
+        reasons = {
+            m: r for m, r in reasons.items() if judgments[m].get("unscored_reason") or m in SCORED_ONLY
+        }
     elif category != "UNSCORED":
         return {}
     return {m: r for m, r in reasons.items() if r}

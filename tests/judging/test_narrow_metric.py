@@ -204,3 +204,14 @@ def test_an_openai_judge_rates_the_narrow_prompt_like_any_0_to_100_prompt(openai
         0.5
     )
     assert "Narrow behaviour" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_narrow_answer_the_judge_could_not_score_is_unscored_with_its_reason_everywhere():
+    from em.judging.unscored import row_unscored_reason, unscored_counts
+
+    failed = {"narrow": {"score": None, "label": None, "number_mass": 0.01}}
+    label_only = {"company": {"score": None, "label": None, "number_mass": 0.01}}  # a word prompt: an answer
+    assert row_unscored_reason(failed, None).startswith("narrow: low_number_mass")
+    assert row_unscored_reason(label_only, None) is None
+    rows = [{"judgments": failed, "category": None}, {"judgments": label_only, "category": None}]
+    assert unscored_counts(rows)["unscored"] == 1  # what max_unscored_share counts, as the metrics do
