@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from em.api import ConfigError
 from em.backends import choose
 from em.config import EvaluateSchema, check_schema
-from em.contracts import ANSWERS, MANIFEST, check_answer_row, evaluate_manifest, question_key
+from em.contracts import ANSWERS, MANIFEST, evaluate_manifest
 from em.evaluation.backends import (
     HFBackend,
     HFSettings,
@@ -29,7 +29,7 @@ from em.evaluation.model_ref import ModelRef, model_layers, resolve_model
 from em.evaluation.plan import PromptJob, Sampling, build_jobs, dry_run_report
 from em.evaluation.question_sets import QuestionSet, SetSpec, resolve_sets
 from em.evaluation.runner import run_jobs, write_questions
-from em.io import iter_jsonl, sha256_file
+from em.io import sha256_file
 from em.lifecycle import Run, open_run
 from em.runs import to_plain
 from em.tasks.common import (
@@ -39,6 +39,7 @@ from em.tasks.common import (
     run_dir_for,
     tracking_settings,
 )
+from em.tracking.stages import answers_table
 
 log = logging.getLogger(__name__)
 
@@ -241,20 +242,6 @@ def _evaluate(cfg: DictConfig, run: Run, ref: ModelRef, backend, sets: list[Ques
         )
     )
     log.info("answers in %s (%d rows); manifest %s", run_dir / ANSWERS, stats.answers, run_dir / MANIFEST)
-
-
-TABLE_ROWS = 10000  # a W&B table of more rows is slow to browse; the answers file keeps them all
-
-
-def answers_table(path: Path, limit: int = TABLE_ROWS) -> tuple[list[str], list[list]]:
-    """The answers as W&B table columns and rows (question, condition, sample, answer)."""
-    columns = ["id", "question", "condition", "sample", "answer"]
-    rows = []
-    for r in iter_jsonl(path, check=check_answer_row):
-        if len(rows) == limit:
-            break
-        rows.append([r["id"], question_key(r), r["condition"], r.get("sample_index"), r["answer"]])
-    return columns, rows
 
 
 def _spec_record(ref: ModelRef) -> dict | None:

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from em.api import ConfigError
 from em.backends import choose
 from em.config import TrainSchema, check_schema
-from em.io import read_json
 from em.lifecycle import Run, open_run
 from em.runs import hydra_choices, to_plain
 from em.tasks.common import public_config, run_dir_for, tracking_settings, training_rows
@@ -26,12 +25,6 @@ if TYPE_CHECKING:
     from em.training.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
-
-
-def input_artifact(run_dir: Path | None) -> str | None:
-    """The W&B artifact a finished stage run logged (its manifest's ``wandb_artifact``), if any."""
-    manifest = Path(run_dir) / "manifest.json" if run_dir else None
-    return read_json(manifest).get("wandb_artifact") if manifest and manifest.exists() else None
 
 
 def model_spec(cfg: DictConfig):
@@ -207,7 +200,7 @@ def _train(cfg: DictConfig, run: Run, settings):
 def _finish(cfg: DictConfig, run: Run, settings, rows, prepared, narrow_from, result) -> None:
     """Keep the chosen adapter, measure the narrow task, log the artifacts, then write the manifest."""
     from em.modeling import adapter_sha256, resolve_model_path
-    from em.tracking import active_wandb_run, log_output_artifact, sync_hint, use_input_artifacts
+    from em.tracking.stages import track_trained
     from em.training.holdout import holdout_rows_of, narrow_task_record
     from em.training.outputs import ADAPTER_DIR
     from em.training.sft_preflight import preflight
@@ -224,21 +217,9 @@ def _finish(cfg: DictConfig, run: Run, settings, rows, prepared, narrow_from, re
     narrow = narrow_task_record(
         result.model, preflight(settings), settings, holdout_rows_of(narrow_from), narrow_from
     )
-    wandb_run = active_wandb_run() if result.wandb_run_id else None
-    if wandb_run is not None and narrow:
-        wandb_run.summary.update(
-            {"narrow/holdout_loss": narrow["loss"], "narrow/base_loss": narrow["base_loss"]}
-        )
-    use_input_artifacts(
-        wandb_run,
-        [input_artifact(settings.parent.run_dir if settings.parent else None)],
-        new={f"data-{cfg.data.get('name')}": ("dataset", prepared.path)},
-    )
-    artifact = log_output_artifact(wandb_run, "adapter", result.adapter_dir, {"run_dir": str(run_dir)})
-    if wandb_run is not None:
-        if hint := sync_hint(wandb_run):  # Lightning's logger opened this run: say how to upload it
-            log.info("W&B offline run %s; upload with `%s`", wandb_run.id, hint)
-        wandb_run.finish()
+    artifact = track_trained(result.wandb_run_id, run_dir, result.adapter_dir, narrow,
+                             settings.parent.run_dir if settings.parent else None, str(cfg.data.get("name")),
+                             prepared.path)  # fmt: skip
 
     spec = settings.model
     parent = settings.parent
