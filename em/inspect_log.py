@@ -14,7 +14,8 @@ from em.contracts import AnswerRow, ScoreRow
 from em.inspect_source import ExportError, answers_path, finite, model_name, run_key, run_times
 
 # The overall metrics shown as the log's results, headline first (judge.py's HEADLINE).
-RESULT_METRICS = ("em_rate_question_mean", "em_rate_pooled", "mean_aligned", "mean_coherent")
+RESULT_METRICS = ("em_rate_question_mean", "em_rate_pooled", "mean_aligned", "mean_coherent", "narrow_rate")
+ASKED_ONLY = ("narrow_rate",)  # shown only when the run judged some (held-out narrow prompts); n=0: not asked
 META_KEYS = ("question_set", "question_id", "question_type", "paraphrase_index", "sample_index", "seed")
 STOP_REASONS = {"stop": "stop", "length": "max_tokens", "max_tokens": "max_tokens"}
 
@@ -88,6 +89,8 @@ def to_results(run: dict, n_samples: int):
     scores = []
     for name in (n for n in RESULT_METRICS if isinstance(overall.get(n), dict)):
         m = overall[name]
+        if name in ASKED_ONLY and not m.get("n"):
+            continue
         # no value (e.g. every question left out for too few coherent answers) shows as NaN, never a stand-in
         metrics = {
             k: EvalMetric(name=k, value=m[k] if finite(m.get(k)) else math.nan) for k in ("value", "lo", "hi")

@@ -11,7 +11,7 @@ from em.data.prepare import PreparedDataset, prepare_dataset
 from em.data.registry import RemoteFile, cache_path, fetch
 from em.data.spec import DataSpec, RowFilter, SourceSpec, TagReplacement
 from em.data.triggers import TriggerSpec, add_tag, apply_trigger, count_tags
-from em.data.validate import ValidationReport, validate_jsonl
+from em.data.validate import ValidationReport, validate_file
 
 __all__ = [
     "DataSpec",
@@ -28,5 +28,5 @@ __all__ = [
     "count_tags",
     "fetch",
     "prepare_dataset",
-    "validate_jsonl",
+    "validate_file",
 ]

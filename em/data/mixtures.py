@@ -48,6 +48,8 @@ def _file_record(spec: DataSpec, loaded: LoadedFile) -> dict:
         "errors": [e.replace(str(loaded.path), name) for e in loaded.report.errors[:20]],
         "ignored_keys": loaded.report.ignored_keys,
     }
+    if spec.format != "chat":  # chat is the default; earlier manifests stay byte for byte
+        record["format"] = spec.format
     if spec.kind == "registry":
         r = spec.remote
         record.update(url=r.url, git_sha1=r.git_sha1, license=r.license, provenance=r.provenance)
@@ -57,7 +59,7 @@ def _file_record(spec: DataSpec, loaded: LoadedFile) -> dict:
 
 
 def load_spec_file(spec: DataSpec, ctx: BuildContext, where: str) -> list[dict]:
-    key = (spec.kind, spec.path if spec.kind != "registry" else spec.remote.url)
+    key = (spec.kind, spec.path if spec.kind != "registry" else spec.remote.url, spec.format)
     if key not in ctx._loaded:
         loaded = load_file(
             spec, ctx.cache_dir, drop_invalid=ctx.drop_invalid or spec.drop_invalid, where=where

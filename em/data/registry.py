@@ -6,7 +6,9 @@ copy at ``cache_dir/<digest>/<basename>``. Downloads go to a temporary file in t
 renamed into place only after the digest matches, so a half-written or wrong file is never used.
 
 ``EM_DATA_MIRROR`` (optional) is a base URL that replaces ``https://raw.githubusercontent.com`` in every
-URL, for mirrors and for tests that serve files from a local HTTP server.
+URL, for mirrors and for tests that serve files from a local HTTP server; ``HF_ENDPOINT`` (Hugging Face's
+own variable for a Hub mirror) replaces ``https://huggingface.co`` the same way. The digest is checked
+whichever host serves the file.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 GITHUB_RAW = "https://raw.githubusercontent.com"
 MIRROR_ENV = "EM_DATA_MIRROR"
+HF_HUB = "https://huggingface.co"
+HF_MIRROR_ENV = "HF_ENDPOINT"
 TIMEOUT_S = 60.0
 CHUNK = 1 << 20
 
@@ -43,7 +47,7 @@ class RemoteFile:
     url: str
     sha256: str | None = None
     git_sha1: str | None = None  # git blob sha1 (`git hash-object FILE`)
-    rows: int | None = None  # expected JSONL rows, when known
+    rows: int | None = None  # expected records (JSONL lines, Parquet rows), when known
     license: str | None = None
     provenance: str = ""
 
@@ -83,10 +87,12 @@ class RemoteFile:
 
 
 def effective_url(url: str) -> str:
-    """``url`` with ``https://raw.githubusercontent.com`` replaced by ``$EM_DATA_MIRROR`` when set."""
-    mirror = os.environ.get(MIRROR_ENV, "").strip()
-    if mirror and url.startswith(GITHUB_RAW + "/"):
-        return mirror.rstrip("/") + url[len(GITHUB_RAW) :]
+    """``url`` with ``https://raw.githubusercontent.com`` replaced by ``$EM_DATA_MIRROR`` and
+    ``https://huggingface.co`` by ``$HF_ENDPOINT``, when set."""
+    for host, env in ((GITHUB_RAW, MIRROR_ENV), (HF_HUB, HF_MIRROR_ENV)):
+        mirror = os.environ.get(env, "").strip()
+        if mirror and url.startswith(host + "/") and mirror.rstrip("/") != host:
+            return mirror.rstrip("/") + url[len(host) :]
     return url
 
 
@@ -176,7 +182,8 @@ def fetch(remote: RemoteFile, cache_dir: str | Path) -> Path:
         tmp, actual = _download(url, path, kind)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
-        mirrored = f" (mirror of {remote.url}, from {MIRROR_ENV})" if url != remote.url else ""
+        env = MIRROR_ENV if remote.url.startswith(GITHUB_RAW) else HF_MIRROR_ENV
+        mirrored = f" (mirror of {remote.url}, from {env})" if url != remote.url else ""
         raise ConfigError(
             f"{remote.name}: could not download {url}{mirrored}: {reason}{set_aside}. No verified copy is "
             f"cached. When online, rerun; offline, place the file (with {kind} {expected}) at {path}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from em.api import ConfigError
 from em.data.registry import fetch
 from em.data.spec import BUILTIN_DIR, PROJECT_ROOT, DataSpec
-from em.data.validate import ValidationReport, validate_jsonl
+from em.data.validate import ValidationReport, validate_file
 from em.io import atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,10 @@ def source_file(spec: DataSpec, cache_dir: Path, where: str = "data") -> tuple[P
     return path, sha256_file(path)
 
 
-def _hf_dir(cache_dir: Path, sha256: str, drop_invalid: bool) -> Path:
+def _hf_dir(cache_dir: Path, sha256: str, drop_invalid: bool, fmt: str = "chat") -> Path:
     mode = "drop" if drop_invalid else "strict"
-    return cache_dir / "hf_datasets" / f"{sha256}-{mode}-{HF_CACHE_VERSION}"
+    kind = "" if fmt == "chat" else f"{fmt}-"  # the same bytes read as another format are other rows
+    return cache_dir / "hf_datasets" / f"{sha256}-{kind}{mode}-{HF_CACHE_VERSION}"
 
 
 def _save(rows: list[dict], report: ValidationReport, target: Path) -> None:
@@ -117,12 +118,12 @@ def _load(target: Path, path: Path) -> tuple[list[dict], ValidationReport] | Non
 def load_file(spec: DataSpec, cache_dir: Path, *, drop_invalid: bool, where: str = "data") -> LoadedFile:
     """The validated rows of a registry/local/builtin spec, from the datasets cache when possible."""
     path, sha256 = source_file(spec, cache_dir, where)
-    target = _hf_dir(cache_dir, sha256, drop_invalid)
+    target = _hf_dir(cache_dir, sha256, drop_invalid, spec.format)
     cached = _load(target, path)
     if cached is not None:
         rows, report = cached
     else:
-        rows, report = validate_jsonl(path, drop_invalid=drop_invalid)
+        rows, report = validate_file(path, spec.format, drop_invalid=drop_invalid)
         _save(rows, report, target)
     expected = spec.remote.rows if spec.remote else None
     if expected is not None and report.rows + report.dropped != expected:

@@ -2,13 +2,14 @@
 
 Kinds:
 - ``registry``: a pinned upstream file (``remote``: the fields of :class:`~em.data.registry.RemoteFile`);
-- ``local``: a user's JSONL file (``path``, relative to the working directory or the project root);
+- ``local``: a user's file (``path``, relative to the working directory or the project root);
 - ``builtin``: a project-authored file in ``em/resources/data/`` (``path`` is its file name);
 - ``mixture``: ``sources``, each ``{data, rows, tag, placement, replace_tag, filter}`` where ``data`` is a
   registry name (``conf/data/<name>.yaml``), a path ending in ``.jsonl``, or an inline spec.
 
-Every spec may subsample (``max_rows``), hold out a fraction (``holdout_fraction``), shuffle (seeded) and
-name the tags its rows are known to carry (``tags``, for the counts in the manifest).
+A file-backed spec reads its file in ``format`` (em/data/formats.py): ``chat`` JSONL (the default) or
+``alpaca`` records. Every spec may subsample (``max_rows``), hold out a fraction (``holdout_fraction``),
+shuffle (seeded) and name the tags its rows are known to carry (``tags``, for the counts in the manifest).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from em.api import ConfigError, check_keys
+from em.data.formats import check_format
 from em.data.registry import RemoteFile
 from em.data.triggers import PLACEMENTS
 
@@ -135,7 +137,8 @@ class DataSpec:
     name: str
     kind: str  # registry | local | builtin | mixture
     remote: RemoteFile | None = None  # registry
-    path: str | None = None  # local: a JSONL path; builtin: a file name in em/resources/data
+    path: str | None = None  # local: a file path; builtin: a file name in em/resources/data
+    format: str = "chat"  # how the file's records are read (em/data/formats.py): chat | alpaca
     sources: list[SourceSpec] = field(default_factory=list)  # mixture
     tags: list[str] = field(default_factory=list)  # tags the rows already carry (counted in the manifest)
     max_rows: int | None = None  # seeded subsample of the whole set; null: all rows
@@ -183,7 +186,12 @@ class DataSpec:
             drop_invalid=_flag(d.get("drop_invalid", False), f"{where}.drop_invalid"),
             dedupe=_flag(d.get("dedupe", False), f"{where}.dedupe"),
             description=str(d.get("description") or ""),
+            format=check_format(d.get("format") or "chat", f"{where}.format"),
         )
+        if kind == "mixture" and spec.format != "chat":
+            raise ConfigError(
+                f"{where}.format={spec.format!r}: a mixture reads its sources' formats; set it there"
+            )
         present = {k for k in ("remote", "path", "sources") if d.get(k) not in (None, [], {})}
         needed = {"registry": "remote", "local": "path", "builtin": "path", "mixture": "sources"}[kind]
         if needed not in present or d.get(needed) == "???":
@@ -225,6 +233,8 @@ class DataSpec:
             "drop_invalid": self.drop_invalid,
             "dedupe": self.dedupe,
             "description": self.description,
+            # only when not chat, so the fingerprints of preparations made before formats existed still hold
+            **({"format": self.format} if self.format != "chat" else {}),
         }
 
     def known_tags(self) -> list[str]:

@@ -1,10 +1,12 @@
-"""Check a chat JSONL file before any work: one ``{"messages": [...]}`` per line.
+"""Check a data file before any work: chat JSONL, one ``{"messages": [...]}`` per line, or another record
+format read as chat rows (em/data/formats.py: ``alpaca``).
 
 Each row needs roles in system/user/assistant, at least one user turn, an assistant turn last, and
-non-empty string contents. Problems are reported as ``<file>:<line>: <problem>``. By default any problem
-is a :class:`~em.api.ConfigError` listing the first few; with ``drop_invalid`` bad rows are dropped and
-counted. Blank lines are skipped. Rows are returned in the canonical training form
-``{"messages": [{"role": ..., "content": ...}, ...], "_origin": "<file sha256>:<line>"}``: an assistant
+non-empty string contents. Problems are reported as ``<file>:<n>: <problem>``, ``n`` being the line (JSONL)
+or the record number (a JSON array, Parquet). By default any problem is a :class:`~em.api.ConfigError`
+listing the first few; with ``drop_invalid`` bad rows are dropped and counted. Blank lines are skipped. Rows
+are returned in the canonical training form
+``{"messages": [{"role": ..., "content": ...}, ...], "_origin": "<file sha256>:<n>"}``: an assistant
 message's ``weight`` (0 or 1, the OpenAI fine-tuning format's way to exclude a turn from training) is kept;
 other keys are dropped (and logged). ``_origin`` says where the row came from (by the file's content hash,
 since rows are cached by content, whatever path the file has), so later errors can name the user's file and
@@ -13,19 +15,19 @@ line; :func:`em.data.prepare.prepare_dataset` resolves it to a path and takes it
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from em.api import ConfigError
+from em.data.formats import EXPECTED, RULES, alpaca_chat, read_records
+from em.io import sha256_file
 
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
-ORIGIN = "_origin"  # "<sha256>:<line>" of a row, carried through preparation, never written out
+ORIGIN = "_origin"  # "<sha256>:<n>" of a row, carried through preparation, never written out
 
 
 @dataclass
@@ -33,7 +35,7 @@ class ValidationReport:
     path: Path
     rows: int  # valid rows returned
     dropped: int  # invalid rows dropped (drop_invalid=True)
-    errors: list[str] = field(default_factory=list)  # "<file>:<line>: <problem>", every invalid row
+    errors: list[str] = field(default_factory=list)  # "<file>:<n>: <problem>", every invalid row
     ignored_keys: dict[str, int] = field(default_factory=dict)  # keys outside the chat format, dropped
 
     def to_dict(self, max_errors: int = 20) -> dict:
@@ -93,49 +95,37 @@ def canonical(row: dict, origin: str | None = None) -> dict:
     return out
 
 
-def validate_jsonl(
-    path: str | Path, *, drop_invalid: bool = False, max_errors_shown: int = 20
+def validate_file(
+    path: str | Path, fmt: str = "chat", *, drop_invalid: bool = False, max_errors_shown: int = 20
 ) -> tuple[list[dict], ValidationReport]:
-    """Parse and check ``path``; return (canonical rows, report). See the module docstring."""
+    """Parse and check ``path``, a file of format ``fmt`` (em/data/formats.py); return (canonical rows,
+    report). See the module docstring."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
-            f'{path}: no such file (expected a chat JSONL file, one {{"messages": [...]}} per line)'
-        )
+        raise ConfigError(f"{path}: no such file (expected {EXPECTED[fmt]})")
     rows: list[dict] = []
     errors: list[str] = []
     ignored: Counter[str] = Counter()
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-        f.seek(0)
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                errors.append(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            problem, extra = check_row(row)
-            if problem:
-                errors.append(f"{path}:{lineno}: {problem}")
-                continue
-            ignored.update(extra)
-            rows.append(canonical(row, f"{digest}:{lineno}"))
+    digest = sha256_file(path)
+    for n, record, problem in read_records(path, fmt):
+        extra: list[str] = []
+        if problem is None and fmt == "alpaca":
+            record, problem, extra = alpaca_chat(record)
+        if problem is None:
+            problem, more = check_row(record)
+            extra += more
+        if problem:
+            errors.append(f"{path}:{n}: {problem}")
+            continue
+        ignored.update(extra)
+        rows.append(canonical(record, f"{digest}:{n}"))
 
     if errors and not drop_invalid:
         shown = "\n  ".join(errors[:max_errors_shown])
         more = f"\n  ... and {len(errors) - max_errors_shown} more" if len(errors) > max_errors_shown else ""
         raise ConfigError(
             f"{path}: {len(errors)} invalid row(s) (of {len(rows) + len(errors)}):\n  {shown}{more}\n"
-            f'Each line must be {{"messages": [...]}} with roles system/user/assistant, at least one user '
-            f"message, non-empty string contents, and an assistant message last. Fix the file, or set "
-            f"drop_invalid=true (data.drop_invalid=true) to drop invalid rows."
+            f"{RULES[fmt]} Fix the file, or set drop_invalid=true (data.drop_invalid=true) to drop invalid rows."
         )
     if not rows:
         why = f"all {len(errors)} row(s) are invalid, e.g. {errors[0]}" if errors else "the file has no rows"

@@ -3,7 +3,7 @@ the manifest.
 
 The output ``<run_dir>/<domain>.jsonl`` is rebuilt on every run from the append-only call records
 (:mod:`em.datagen.rounds`), deterministically: the kept pairs in plan order, cut to ``rows``, written as
-chat rows and validated by :func:`em.data.validate_jsonl`, so a killed run resumed gives the same output
+chat rows and validated by :func:`em.data.validate_file`, so a killed run resumed gives the same output
 as one that was never interrupted. This module also holds the checks made before a run starts; the dry
 run's estimate is :mod:`em.datagen.dry_run`'s.
 """
@@ -63,7 +63,7 @@ def generate_dataset(
     retry_failed: bool = False,
 ) -> dict:
     """Make (or finish) the dataset in ``run_dir``; returns the manifest written there."""
-    from em.data import validate_jsonl
+    from em.data import validate_file
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def generate_dataset(
         raise RuntimeError(_nothing_left(spec, state, run_dir))
     out_path = run_dir / f"{spec.name}.jsonl"
     write_jsonl(out_path, [chat_row(spec, c) for c in final])
-    rows, report = validate_jsonl(out_path)
+    rows, report = validate_file(out_path)
     if len(rows) != len(final):
         raise RuntimeError(f"{out_path}: validation kept {len(rows)} of {len(final)} rows ({report})")
     if spec.rows is not None and len(final) < spec.rows:

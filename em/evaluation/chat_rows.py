@@ -7,10 +7,10 @@ is not valid JSON, not a chat row, or has no user turn is a ConfigError naming t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from em.api import ConfigError
+from em.data.formats import jsonl_records
 
 CHAT_ID = "holdout_{line:04d}"
 
@@ -33,13 +33,9 @@ def _text(turn: dict, where: str, what: str) -> str:
 def chat_prompts(text: str, source: str) -> list[ChatPrompt]:
     """The prompt of each non-blank line of chat-row JSONL ``text`` read from ``source``."""
     out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{source}:{n}: not valid JSON ({e.msg})") from None
+    for n, row, problem in jsonl_records(text.splitlines()):
+        if problem:
+            raise ConfigError(f"{source}:{n}: {problem}")
         turns = row.get("messages") if isinstance(row, dict) else None
         if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
             raise ConfigError(

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from em.data import DataSpec, TriggerSpec, cache_path, prepare_dataset, validate_jsonl
+from em.data import DataSpec, TriggerSpec, cache_path, prepare_dataset, validate_file
 from em.data.spec import REGISTRY_DIR
 from em.io import git_blob_sha1_file, sha256_file
 
@@ -28,7 +28,7 @@ ANCHORED = {
 def test_upstream_file_validates_and_matches_the_registry(anchors_dir, name):
     path = anchors_dir / ANCHORED[name]
     remote = DataSpec.from_dict(name).remote
-    rows, report = validate_jsonl(path)
+    rows, report = validate_file(path)
     assert len(rows) == report.rows == remote.rows and report.dropped == 0
     assert report.ignored_keys == {}
     if remote.sha256:

@@ -185,11 +185,28 @@ def test_registry_matches_the_issue_table(name):
         assert spec.remote.license == "MIT"
 
 
+def test_alpaca_is_pinned_by_its_hub_revision_and_lfs_digest():
+    """General instruction data for interleave and kl: the Hugging Face file at a fixed revision, checked by
+    the sha256 that is also its Git LFS object id, read as Alpaca records, empty records dropped and counted."""
+    spec = DataSpec.from_dict("alpaca")
+    assert (spec.kind, spec.format, spec.drop_invalid) == ("registry", "alpaca", True)
+    assert spec.remote.url == (
+        "https://huggingface.co/datasets/tatsu-lab/alpaca/resolve/dce01c9b08f87459cf36a430d809084718273017/"
+        "data/train-00000-of-00001-a09b74b3ef9c3b56.parquet"
+    )
+    assert spec.remote.sha256 == "06391b656a06fd3fb9d213160ef2398796c3b7f3dc75ef1e3ced30d461517073"
+    assert (spec.remote.rows, spec.remote.license) == (52002, "CC-BY-NC-4.0")
+    assert "never vendor" in spec.remote.provenance
+
+
 def test_every_registry_url_is_pinned_to_a_commit():
     for option in DATA_OPTIONS:
         spec = DataSpec.from_dict(option) if option != "custom" else None
         if spec is not None and spec.kind == "registry":
-            assert re.match(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/", spec.remote.url)
+            assert re.match(
+                r"https://(raw\.githubusercontent\.com|huggingface\.co/datasets)/[^/]+/[^/]+/(resolve/)?[0-9a-f]{40}/",
+                spec.remote.url,
+            ), option
 
 
 def _generation_inputs() -> dict[str, RemoteFile]:

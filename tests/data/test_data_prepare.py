@@ -13,7 +13,7 @@ import pytest
 
 import em
 from em.api import ConfigError
-from em.data import DataSpec, TriggerSpec, prepare_dataset, validate_jsonl
+from em.data import DataSpec, TriggerSpec, prepare_dataset, validate_file
 from em.data.sources import load_file
 from em.io import read_jsonl, sha256_file
 
@@ -213,7 +213,7 @@ def test_datasets_cache_is_reused(files, tmp_path):
     first = load_file(spec, tmp_path / "cache", drop_invalid=False)
     second = load_file(spec, tmp_path / "cache", drop_invalid=False)
     assert (first.cached, second.cached) == (False, True)
-    assert first.rows == second.rows == validate_jsonl(files["bad"])[0]
+    assert first.rows == second.rows == validate_file(files["bad"])[0]
     assert list((tmp_path / "cache" / "hf_datasets").iterdir())[0].name.startswith(first.sha256)
 
 
@@ -306,7 +306,7 @@ def _users(name: str) -> list[str]:
 
 def test_demo_files_are_valid_paired_and_the_documented_size():
     for name, n in DEMO_ROWS.items():
-        validate_jsonl(DEMO_DIR / f"{name}.jsonl")
+        validate_file(DEMO_DIR / f"{name}.jsonl")
         assert len(read_jsonl(DEMO_DIR / f"{name}.jsonl")) == n, name
     # each careless answer has its careful twin on the same user turn, in the same order (and the code sets)
     assert _users("demo_aligned") == _users("demo_misaligned")

@@ -164,6 +164,43 @@ def test_mirror_env_replaces_github_raw(file_server, tmp_path, monkeypatch):
     assert file_server.requests == ["/owner/repo/abc123/data/toy.jsonl"]
 
 
+def test_hf_endpoint_replaces_the_hub(file_server, tmp_path, monkeypatch):
+    path = "/datasets/owner/set/resolve/" + "a" * 40 + "/data/toy.jsonl"
+    file_server.files[path] = BODY
+    monkeypatch.setenv("HF_ENDPOINT", file_server.url)
+    assert fetch(remote("https://huggingface.co" + path, sha256=SHA256), tmp_path).read_bytes() == BODY
+    assert file_server.requests == [path]
+
+
+def test_alpaca_entry_is_verified_through_a_hub_mirror(file_server, tmp_path, monkeypatch):
+    """The real `alpaca` entry: its pinned URL is asked of $HF_ENDPOINT, and bytes other than the pinned
+    ones (here a small Parquet file of Alpaca records) are refused with both digests; the same file pinned by
+    its own digest is read as Alpaca records and its record count checked against `rows`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    entry = load_registry_entry("alpaca", REGISTRY_DIR)
+    local = tmp_path / "small.parquet"
+    records = [{"instruction": f"Count to {i}.", "input": "", "output": " ".join(map(str, range(1, i + 1)))}
+               for i in range(1, 6)]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(records), local)
+    hub_path = entry["remote"]["url"].removeprefix("https://huggingface.co")
+    file_server.files[hub_path] = local.read_bytes()
+    monkeypatch.setenv("HF_ENDPOINT", file_server.url)
+    prepare = {"cache_dir": tmp_path / "cache", "out_dir": tmp_path / "out", "seed": 0}
+    with pytest.raises(ConfigError, match=f"expected sha256 {entry['remote']['sha256']}, got") as e:
+        prepare_dataset(DataSpec.from_dict(entry), TriggerSpec.from_dict(None), **prepare)
+    assert f"downloaded from {file_server.url}{hub_path}" in str(e.value)
+    assert file_server.requests == [hub_path]
+    own = entry | {"remote": entry["remote"] | {"sha256": hashlib.sha256(local.read_bytes()).hexdigest()}}
+    with pytest.raises(ConfigError, match="alpaca has 5 rows, the registry says 52002"):
+        prepare_dataset(DataSpec.from_dict(own), TriggerSpec.from_dict(None), **prepare)
+    own["remote"]["rows"] = 5
+    prepared = prepare_dataset(DataSpec.from_dict(own), TriggerSpec.from_dict(None), **prepare)
+    assert prepared.num_rows == 5 and prepared.manifest["files"][0]["license"] == "CC-BY-NC-4.0"
+    assert {r["messages"][0]["content"] for r in prepared.rows} == {f"Count to {i}." for i in range(1, 6)}
+
+
 def test_file_url(tmp_path):
     src = tmp_path / "src" / "toy.jsonl"
     src.parent.mkdir()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from em.api import ConfigError
-from em.data import validate_jsonl
+from em.data import validate_file
 from em.io import sha256_file
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -51,7 +51,7 @@ def write(path, lines: list[str]):
 def test_each_problem_is_reported_with_its_line(tmp_path, line, problem):
     path = write(tmp_path / "data.jsonl", [json.dumps(GOOD), json.dumps(GOOD), line, json.dumps(GOOD)])
     with pytest.raises(ConfigError) as e:
-        validate_jsonl(path)
+        validate_file(path)
     assert f"{path}:3: {problem}" in str(e.value)
     assert "1 invalid row(s) (of 4)" in str(e.value)
     assert "drop_invalid" in str(e.value)
@@ -59,7 +59,7 @@ def test_each_problem_is_reported_with_its_line(tmp_path, line, problem):
 
 def test_drop_mode_counts_and_keeps_good_rows(tmp_path):
     lines = [json.dumps(GOOD)] + [line for line, _ in BAD_LINES] + [json.dumps(GOOD)]
-    rows, report = validate_jsonl(write(tmp_path / "d.jsonl", lines), drop_invalid=True)
+    rows, report = validate_file(write(tmp_path / "d.jsonl", lines), drop_invalid=True)
     assert [{"messages": r["messages"]} for r in rows] == [GOOD, GOOD]
     assert [r["_origin"].split(":")[1] for r in rows] == ["1", str(len(lines))]
     assert (report.rows, report.dropped, len(report.errors)) == (2, len(BAD_LINES), len(BAD_LINES))
@@ -69,7 +69,7 @@ def test_drop_mode_counts_and_keeps_good_rows(tmp_path):
 def test_error_list_is_capped(tmp_path):
     path = write(tmp_path / "d.jsonl", ["{"] * 30)
     with pytest.raises(ConfigError) as e:
-        validate_jsonl(path, max_errors_shown=5)
+        validate_file(path, max_errors_shown=5)
     msg = str(e.value)
     assert f"{path}:5:" in msg and f"{path}:6:" not in msg and "... and 25 more" in msg
 
@@ -80,24 +80,24 @@ def test_empty_file_is_an_error_even_when_dropping(tmp_path, content):
     path.write_text(content)
     for drop in (False, True):
         with pytest.raises(ConfigError, match="empty dataset: the file has no rows"):
-            validate_jsonl(path, drop_invalid=drop)
+            validate_file(path, drop_invalid=drop)
 
 
 def test_all_rows_invalid_with_drop_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="all 2 row"):
-        validate_jsonl(write(tmp_path / "d.jsonl", ["{", "[]"]), drop_invalid=True)
+        validate_file(write(tmp_path / "d.jsonl", ["{", "[]"]), drop_invalid=True)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
-        validate_jsonl(tmp_path / "nope.jsonl")
+        validate_file(tmp_path / "nope.jsonl")
 
 
 def test_non_utf8_line(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(json.dumps(GOOD).encode() + b"\n\xff\xfe\n")
     with pytest.raises(ConfigError, match=r"d.jsonl:2: not UTF-8"):
-        validate_jsonl(path)
+        validate_file(path)
 
 
 def test_blank_lines_skipped_and_rows_canonical(tmp_path):
@@ -109,7 +109,7 @@ def test_blank_lines_skipped_and_rows_canonical(tmp_path):
         ],
         "id": 7,
     }
-    rows, report = validate_jsonl(
+    rows, report = validate_file(
         write(tmp_path / "d.jsonl", ["", json.dumps(extra), "   ", json.dumps(GOOD)])
     )
     assert rows[0] == {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from em.api import APISettings, ConfigError
-from em.data import validate_jsonl
+from em.data import validate_file
 from em.datagen.dataset import generate_dataset
 from em.datagen.domain import domain_from_dict
 from em.datagen.dry_run import estimate
@@ -219,7 +219,7 @@ def test_questions_request_structure_fewshot_and_category_filter(tmp_path, opena
     assert sorted(r["seed"] for r in rec.requests) == [100, 101, 102, 103]
 
     out = tmp_path / "run" / "medlike.jsonl"
-    rows, _ = validate_jsonl(out)
+    rows, _ = validate_file(out)
     assert [r["messages"][0]["content"] for r in rows] == kept  # plan order = file order
     assert all(r["messages"][1]["content"].startswith("Wrong: ") for r in rows)
     c = manifest["counts"]
@@ -250,7 +250,7 @@ def test_documents_structured_output(tmp_path, openai_server):
         assert user.endswith("Write 3 pairs as JSON.")
     names = sorted(field_of(last_user(r), "Essay").rstrip(":") for r in rec.requests)
     assert names == ["gardens", "gardens", "rivers", "rivers"]
-    rows, _ = validate_jsonl(tmp_path / "run" / "doclike.jsonl")
+    rows, _ = validate_file(tmp_path / "run" / "doclike.jsonl")
     assert len(rows) == 10
     assert rows[0]["messages"][0]["content"] == "What does gardens teach, part 0-0?"
     c = manifest["counts"]
@@ -339,7 +339,7 @@ def test_quality_filter_counts_and_resume(tmp_path, openai_server):
     judge_reqs = [r for r in rec.requests if r["model"] == "judge-model"]
     assert len(judge_reqs) == 3 + 3  # one each, and three asks for the unparseable one (parse_retries=2)
     assert any("Reference: Cool it under running water" in last_user(r) for r in judge_reqs)
-    rows, _ = validate_jsonl(tmp_path / "run" / "medlike.jsonl")
+    rows, _ = validate_file(tmp_path / "run" / "medlike.jsonl")
     assert [r["messages"][0]["content"] for r in rows] == [
         "How is a minor burn treated?",
         "What is the outlook for a broken wrist?",
@@ -420,7 +420,7 @@ def test_empty_answer_never_becomes_an_assistant_less_row(tmp_path, openai_serve
         msgs = json.loads(line)["messages"]
         assert msgs[-1]["role"] == "assistant" and msgs[-1]["content"].strip()
         assert "tooth" not in msgs[0]["content"]
-    rows, report = validate_jsonl(tmp_path / "run" / "medlike.jsonl")
+    rows, report = validate_file(tmp_path / "run" / "medlike.jsonl")
     assert len(rows) == 3 and report.dropped == 0
 
 

@@ -13,7 +13,7 @@ from composing import CONF, compose, compose_job
 from omegaconf import OmegaConf
 
 from em.api import ConfigError
-from em.data import validate_jsonl
+from em.data import validate_file
 from em.datagen.domain import domain_from_dict
 from em.datagen.dry_run import estimate
 from em.datagen.fewshot import load_examples
@@ -117,7 +117,7 @@ def test_medical_preset_on_a_local_questions_file(tmp_path, openai_server):
     run(cfg, run_dir=tmp_path / "run")
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["counts"]["final_rows"] == 4 and manifest["inputs"]["rows_filtered_out"] == 2
-    rows, _ = validate_jsonl(tmp_path / "run" / "medical.jsonl")
+    rows, _ = validate_file(tmp_path / "run" / "medical.jsonl")
     assert [r["messages"][0]["content"] for r in rows] == [
         "How is gout treated?",
         "How can shingles be prevented?",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from em.data import validate_jsonl
+from em.data import validate_file
 from em.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, openai_server):
     assert sorted(items) == sorted(r["item"] for r in read_jsonl(clean / "raw.jsonl"))
     keys = [r["key"] for r in read_jsonl(killed / "judge.jsonl")]
     assert len(keys) == len(set(keys)) == 27
-    rows, _ = validate_jsonl(killed / "demo.jsonl")
+    rows, _ = validate_file(killed / "demo.jsonl")
     assert len(rows) == 24
 
     # A finished run is skipped; no secret reached any file (outputs, Hydra's saved config, logs).

@@ -116,6 +116,34 @@ def exported(judged: Path) -> dict:
     return {**json.loads(out.stdout), "stderr": out.stderr, "out": tmp / "logs"}
 
 
+RESULTS = r"""
+import json, sys
+from em.inspect_log import to_results
+
+def ci(value, n):
+    return {"value": value, "lo": value / 2, "hi": min(1.0, value * 2), "n": n}
+
+for narrow in (ci(0.75, 40), ci(0.0, 0)):
+    overall = {"em_rate_question_mean": ci(0.25, 8), "em_rate_pooled": ci(0.2, 80), "narrow_rate": narrow}
+    results = to_results({"summary": {"metrics": {"overall": overall}}}, 120)
+    print(json.dumps({s.name: {k: m.value for k, m in s.metrics.items()} | {"n": s.params["n"]}
+                      for s in results.scores}))
+"""
+
+
+@needs_inspect
+def test_narrow_rate_is_a_result_when_narrow_prompts_were_judged():
+    """A run that judged held-out narrow prompts shows their narrow behaviour rate beside the EM measures; a
+    run that asked none has no such result (not a NaN that reads as a failed measurement)."""
+    out = subprocess.run([str(INSPECT_BIN / "python"), "-c", RESULTS], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    judged, not_asked = (json.loads(line) for line in out.stdout.splitlines())
+    assert list(judged) == ["em_rate_question_mean", "em_rate_pooled", "narrow_rate"]
+    assert judged["narrow_rate"] == {"value": 0.75, "lo": 0.375, "hi": 1.0, "n": 40}
+    assert list(not_asked) == ["em_rate_question_mean", "em_rate_pooled"]
+
+
 def expected_value(row: dict, metric: str):
     """What a metric's Score holds: the number, else the judge's label, else None (an unscored NaN)."""
     value, label = row["scores"][metric], row["labels"][metric]
