@@ -85,7 +85,7 @@ def _parquet(path: Path) -> Iterator[tuple[int, object, str | None]]:
     yield from ((n, r, None) for n, r in enumerate(table.to_pylist(), start=1))
 
 
-def read_records(path: Path, fmt: str) -> Iterator[tuple[int, object, str | None]]:
+def _records(path: Path, fmt: str) -> Iterator[tuple[int, object, str | None]]:
     """``(n, parsed record, None)``, or ``(n, None, problem)`` for a line that cannot be parsed."""
     if fmt == "chat":
         return _jsonl(path)
@@ -93,6 +93,17 @@ def read_records(path: Path, fmt: str) -> Iterator[tuple[int, object, str | None
     if suffix not in ALPACA_SUFFIXES:
         raise ConfigError(f"{path}: format alpaca reads {', '.join(ALPACA_SUFFIXES)} files, not {suffix!r}")
     return {".parquet": _parquet, ".json": _json_array, ".jsonl": _jsonl}[suffix](path)
+
+
+def read_chat_records(path: Path, fmt: str) -> Iterator[tuple[int, object, str | None, list[str]]]:
+    """``(n, record in the chat form, None, keys dropped)``, or ``(n, None, problem, [])`` when record ``n``
+    cannot be parsed or converted; the chat form itself is checked by the caller (em.data.validate)."""
+    for n, record, problem in _records(path, fmt):
+        if problem is None and fmt == "alpaca":
+            record, problem, dropped = alpaca_chat(record)
+            yield n, record, problem, dropped
+        else:
+            yield n, record, problem, []
 
 
 def alpaca_chat(record: object) -> tuple[dict | None, str | None, list[str]]:

@@ -35,6 +35,7 @@ GITHUB_RAW = "https://raw.githubusercontent.com"
 MIRROR_ENV = "EM_DATA_MIRROR"
 HF_HUB = "https://huggingface.co"
 HF_MIRROR_ENV = "HF_ENDPOINT"
+MIRRORS = ((GITHUB_RAW, MIRROR_ENV), (HF_HUB, HF_MIRROR_ENV))  # host -> the variable naming its mirror
 TIMEOUT_S = 60.0
 CHUNK = 1 << 20
 
@@ -86,14 +87,15 @@ class RemoteFile:
         return asdict(self)
 
 
-def effective_url(url: str) -> str:
-    """``url`` with ``https://raw.githubusercontent.com`` replaced by ``$EM_DATA_MIRROR`` and
-    ``https://huggingface.co`` by ``$HF_ENDPOINT``, when set."""
-    for host, env in ((GITHUB_RAW, MIRROR_ENV), (HF_HUB, HF_MIRROR_ENV)):
-        mirror = os.environ.get(env, "").strip()
-        if mirror and url.startswith(host + "/") and mirror.rstrip("/") != host:
-            return mirror.rstrip("/") + url[len(host) :]
-    return url
+def mirrored(url: str) -> tuple[str, str | None]:
+    """(``url`` with its host replaced by the mirror its variable names, that variable), or (``url``, None):
+    ``https://raw.githubusercontent.com`` by ``$EM_DATA_MIRROR``, ``https://huggingface.co`` by
+    ``$HF_ENDPOINT``."""
+    for host, env in MIRRORS:
+        mirror = os.environ.get(env, "").strip().rstrip("/")
+        if mirror and url.startswith(host + "/") and mirror != host:
+            return mirror + url[len(host) :], env
+    return url, None
 
 
 def cache_path(remote: RemoteFile, cache_dir: str | Path) -> Path:
@@ -155,7 +157,7 @@ def fetch(remote: RemoteFile, cache_dir: str | Path) -> Path:
     remote.check()
     kind, expected = remote.digest()
     path = cache_path(remote, cache_dir)
-    url = effective_url(remote.url)
+    url, mirror_env = mirrored(remote.url)
     set_aside = ""
     if path.exists():
         actual = file_digest(path, kind)
@@ -182,10 +184,9 @@ def fetch(remote: RemoteFile, cache_dir: str | Path) -> Path:
         tmp, actual = _download(url, path, kind)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
-        env = MIRROR_ENV if remote.url.startswith(GITHUB_RAW) else HF_MIRROR_ENV
-        mirrored = f" (mirror of {remote.url}, from {env})" if url != remote.url else ""
+        via = f" (mirror of {remote.url}, from {mirror_env})" if mirror_env else ""
         raise ConfigError(
-            f"{remote.name}: could not download {url}{mirrored}: {reason}{set_aside}. No verified copy is "
+            f"{remote.name}: could not download {url}{via}: {reason}{set_aside}. No verified copy is "
             f"cached. When online, rerun; offline, place the file (with {kind} {expected}) at {path}"
         ) from None
     if actual != expected:

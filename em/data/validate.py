@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from em.api import ConfigError
-from em.data.formats import EXPECTED, RULES, alpaca_chat, read_records
+from em.data.formats import EXPECTED, RULES, read_chat_records
 from em.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -107,13 +107,10 @@ def validate_file(
     errors: list[str] = []
     ignored: Counter[str] = Counter()
     digest = sha256_file(path)
-    for n, record, problem in read_records(path, fmt):
-        extra: list[str] = []
-        if problem is None and fmt == "alpaca":
-            record, problem, extra = alpaca_chat(record)
+    for n, record, problem, extra in read_chat_records(path, fmt):
         if problem is None:
             problem, more = check_row(record)
-            extra += more
+            extra = extra + more
         if problem:
             errors.append(f"{path}:{n}: {problem}")
             continue

@@ -170,6 +170,9 @@ def test_hf_endpoint_replaces_the_hub(file_server, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", file_server.url)
     assert fetch(remote("https://huggingface.co" + path, sha256=SHA256), tmp_path).read_bytes() == BODY
     assert file_server.requests == [path]
+    gone = "https://huggingface.co/datasets/owner/set/resolve/" + "b" * 40 + "/data/gone.jsonl"
+    with pytest.raises(ConfigError, match=rf"\(mirror of {gone}, from HF_ENDPOINT\): HTTP Error 404"):
+        fetch(remote(gone, sha256=SHA256), tmp_path)
 
 
 def test_alpaca_entry_is_verified_through_a_hub_mirror(file_server, tmp_path, monkeypatch):

@@ -117,7 +117,7 @@ def exported(judged: Path) -> dict:
 
 
 RESULTS = r"""
-import json, sys
+import json
 from em.inspect_log import to_results
 
 def ci(value, n):
