@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from em.api import ConfigError
 from em.data import DataSpec, PreparedDataset, TriggerSpec, prepare_dataset
 from em.lifecycle import open_run
 from em.runs import hydra_run_dir, to_plain
@@ -38,9 +39,13 @@ def run(cfg: DictConfig) -> Path:
     spec, trigger = specs(cfg)  # bad keys fail here, before any download
     run_dir = hydra_run_dir()
     with open_run("prepare", run_dir, public_config(cfg)) as run:
-        prepared = prepare_dataset(
-            spec, trigger, cache_dir=Path(cfg.paths.cache_dir), out_dir=run_dir, seed=int(cfg.seed)
-        )
+        try:
+            prepared = prepare_dataset(
+                spec, trigger, cache_dir=Path(cfg.paths.cache_dir), out_dir=run_dir, seed=int(cfg.seed)
+            )
+        except ConfigError:
+            run.forget()  # bad data stops it before any file is written: the corrected command starts afresh
+            raise
         run.finish(
             seed=int(cfg.seed),
             data=prepared.manifest,

@@ -349,3 +349,20 @@ def test_prepare_command(tmp_path):
     bad = _prepare_cli(tmp_path, "data=custom")
     assert bad.returncode != 0
     assert "data.path is required for kind 'local' (e.g. data=custom data.path=" in bad.stderr
+
+
+def test_a_file_refused_by_validation_leaves_no_claim_so_its_fix_runs(tmp_path):
+    """The validation error advises data.drop_invalid=true; that very command runs in the same directory
+    (the refused run wrote nothing, so it gives its claim back), and writes the prepared files."""
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text(json.dumps({"messages": good["messages"][:1]}) + "\n" + json.dumps(good) + "\n")
+    first = _prepare_cli(tmp_path, "data=custom", f"data.path={bad}", "run_name=mine")
+    assert first.returncode != 0 and "set drop_invalid=true (data.drop_invalid=true)" in first.stderr
+    run_dir = tmp_path / "outputs" / "prepare" / "mine"
+    assert not (run_dir / "run_config.json").exists()
+    fixed = _prepare_cli(
+        tmp_path, "data=custom", f"data.path={bad}", "run_name=mine", "data.drop_invalid=true"
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads((run_dir / "manifest.json").read_text())["data"]["files"][0]["rows_dropped"] == 1
